@@ -1,0 +1,55 @@
+"""Typed settings, read once from the environment (prefix GEOZARR_) and passed in."""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GEOZARR_", env_file=None, extra="ignore")
+
+    # Where converted stores go: a local folder or s3://bucket/prefix.
+    output_root: str = "data/geozarr"
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: SecretStr | None = None
+    # Public https form of output_root, for hrefs a browser can follow.
+    public_base_url: str | None = None
+
+    # Source resolution policy.
+    allow_file_urls: bool = False
+    allow_plain_http: bool = False
+    allow_private_hosts: bool = False
+    allowed_hosts: list[str] = Field(default_factory=list)
+    http_timeout_seconds: float = 30.0
+
+    # Conversion defaults, overridable per event.
+    spatial_chunk: int = 1024
+    enable_sharding: bool = False
+    keep_scale_offset: bool = False
+    work_dir: Path = Path("data/work")
+
+    # Catalog.
+    catalog_backend: Literal["static", "stac-api"] = "static"
+    catalog_root: Path = Path("data/catalog")
+    stac_api_url: str | None = None
+    stac_api_token: SecretStr | None = None
+    oidc_token_url: str | None = None
+    oidc_client_id: str | None = None
+    oidc_client_secret: SecretStr | None = None
+    register_mode: Literal["create-or-skip", "upsert", "replace"] = "upsert"
+
+    # Visualisation.
+    raster_api_url: str = "http://127.0.0.1:8010"
+
+
+@cache
+def get_settings() -> Settings:
+    """The process-wide settings, read from the environment on first use (not at import)."""
+    return Settings()
