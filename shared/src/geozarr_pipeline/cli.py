@@ -1,0 +1,28 @@
+"""The `geozarr-pipeline` command: each subcommand lives beside the code it drives."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from collections.abc import Sequence
+
+# Each module exposes `register(subparsers)`, adding its subcommands with a `func` default
+# that takes the parsed arguments and returns an exit code.
+COMMAND_MODULES: tuple[str, ...] = ()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="geozarr-pipeline",
+        description="EOPF Sentinel-2 Zarr -> GeoZarr -> STAC -> web map, on one machine.",
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    code: int = args.func(args)
+    return code
