@@ -8,7 +8,10 @@ from collections.abc import Sequence
 
 # Each module exposes `register(subparsers)`, adding its subcommands with a `func` default
 # that takes the parsed arguments and returns an exit code.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = (
+    "geozarr_pipeline.local.broker",
+    "geozarr_pipeline.local.deadletters",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
