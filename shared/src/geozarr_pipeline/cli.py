@@ -11,6 +11,7 @@ from collections.abc import Sequence
 COMMAND_MODULES: tuple[str, ...] = (
     "geozarr_pipeline.local.broker",
     "geozarr_pipeline.local.deadletters",
+    "geozarr_pipeline.sample.commands",
 )
 
 
