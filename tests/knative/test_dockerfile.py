@@ -1,0 +1,193 @@
+"""The Dockerfile, checked without docker: targets, lock-file installs, user, port, sources."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.knative.manifests import BASE, by_name, kustomize_build
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCKERFILE = ROOT / "Dockerfile"
+FUNCTION_TARGETS = {
+    "convert": "geozarr-convert",
+    "register": "geozarr-register",
+    "augment": "geozarr-augment",
+}
+HEAVY = ("xarray", "dask", "eopf-geozarr", "zarr", "s3fs")
+
+
+@dataclass
+class Stage:
+    name: str
+    base: str
+    instructions: list[tuple[str, str]] = field(default_factory=list)
+
+    def all(self, keyword: str) -> list[str]:
+        return [args for kw, args in self.instructions if kw == keyword]
+
+
+def parse_dockerfile(text: str) -> dict[str, Stage]:
+    """Stages by name, each with its instructions (continuation lines joined)."""
+    logical: list[str] = []
+    current = ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not current and (not line or line.startswith("#")):
+            continue
+        if line.endswith("\\"):
+            current += line[:-1].rstrip() + " "
+            continue
+        logical.append(current + line)
+        current = ""
+    stages: dict[str, Stage] = {}
+    stage: Stage | None = None
+    for line in logical:
+        keyword, _, args = line.partition(" ")
+        keyword = keyword.upper()
+        if keyword == "FROM":
+            match = re.fullmatch(r"(?:--platform=\S+\s+)?(\S+)(?:\s+AS\s+(\S+))?", args, re.I)
+            assert match, line
+            stage = Stage(name=match.group(2) or f"#{len(stages)}", base=match.group(1))
+            stages[stage.name] = stage
+        elif stage is not None:
+            stage.instructions.append((keyword, args.strip()))
+    return stages
+
+
+@pytest.fixture(scope="module")
+def stages() -> dict[str, Stage]:
+    return parse_dockerfile(DOCKERFILE.read_text())
+
+
+def lineage(stages: dict[str, Stage], name: str) -> list[Stage]:
+    chain = [stages[name]]
+    while chain[-1].base in stages:
+        chain.append(stages[chain[-1].base])
+    return chain
+
+
+def effective(stages: dict[str, Stage], name: str, keyword: str) -> str | None:
+    """The last value of an instruction along a stage's FROM chain (USER, CMD, ...)."""
+    for stage in lineage(stages, name):
+        values = stage.all(keyword)
+        if values:
+            return values[-1]
+    return None
+
+
+def test_parser_reads_continuations_and_stages() -> None:
+    parsed = parse_dockerfile("FROM a AS b\nRUN x \\\n  y\n# c\nFROM b AS d\nUSER 1\n")
+    assert parsed["b"].instructions == [("RUN", "x y")]
+    assert lineage(parsed, "d")[1].name == "b"
+
+
+@pytest.mark.parametrize("stage_name", sorted(FUNCTION_TARGETS))
+def test_function_target_installs_only_its_package_from_the_lock(
+    stages: dict[str, Stage], stage_name: str
+) -> None:
+    assert stage_name in stages, f"no target {stage_name}"
+    package = FUNCTION_TARGETS[stage_name]
+    copies = stages[stage_name].all("COPY")
+    build = [c for c in copies if c.startswith("--from=")]
+    assert len(build) == 1
+    build_stage = build[0].split()[0].removeprefix("--from=")
+    syncs = [r for s in lineage(stages, build_stage) for r in s.all("RUN") if "uv sync" in r]
+    assert syncs, f"{build_stage} never runs uv sync"
+    for command in syncs:
+        words = shlex.split(command[command.index("uv sync") :])
+        assert "--frozen" in words
+        assert "--no-dev" in words
+        assert words[words.index("--package") + 1] == package
+    assert any("--no-editable" in c for c in syncs)
+
+
+@pytest.mark.parametrize("stage_name", [*sorted(FUNCTION_TARGETS), "dead-letters"])
+def test_target_runs_non_root_on_port(stages: dict[str, Stage], stage_name: str) -> None:
+    user = effective(stages, stage_name, "USER")
+    assert user is not None, "no USER: the image would run as root"
+    assert user.split(":")[0] not in ("root", "0")
+    cmd = effective(stages, stage_name, "CMD")
+    assert cmd is not None
+    assert "${PORT}" in cmd or "$PORT" in cmd
+    if stage_name in FUNCTION_TARGETS:
+        words = shlex.split(yaml.safe_load(cmd)[-1])
+        assert words[:2] == ["exec", "functions-framework"]
+        assert words[words.index("--target") + 1] == "handle"
+        source = words[words.index("--source") + 1]
+        copied = [c.split()[-1] for c in stages[stage_name].all("COPY")]
+        assert any(source.startswith(dest.rstrip("/") + "/") for dest in copied)
+        in_repo = ROOT / source.removeprefix("/app/")
+        assert in_repo.is_file(), f"{source} is not {in_repo} in the repository"
+        assert "def handle" in in_repo.read_text()
+
+
+def test_every_copied_path_exists_and_is_not_ignored(stages: dict[str, Stage]) -> None:
+    ignored = {
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    for stage in stages.values():
+        for args in stage.all("COPY"):
+            if args.startswith("--from="):
+                continue
+            *sources, _ = args.split()
+            for source in sources:
+                assert (ROOT / source).exists(), f"COPY {source}: missing"
+                assert source.split("/")[0] not in ignored, f"COPY {source}: in .dockerignore"
+
+
+def test_images_named_in_the_manifests_have_a_target(stages: dict[str, Stage]) -> None:
+    kustomization = yaml.safe_load((BASE / "kustomization.yaml").read_text())
+    for image in kustomization["images"]:
+        target = image["name"].removeprefix("geozarr-")
+        assert target in stages, f"{image['name']}: no Dockerfile target {target}"
+    services = by_name(kustomize_build(BASE), "Service")
+    assert {
+        s["spec"]["template"]["spec"]["containers"][0]["image"].split("/")[-1].split(":")[0]
+        for s in services.values()
+    } == {i["name"] for i in kustomization["images"]}
+
+
+@pytest.mark.skipif(shutil.which("uv") is None, reason="uv is not on PATH")
+@pytest.mark.parametrize(
+    "package", ["geozarr-register", "geozarr-augment", "geozarr-pipeline-shared"]
+)
+def test_small_images_lock_slice_has_no_heavy_dependencies(package: str) -> None:
+    exported = subprocess.run(
+        ["uv", "export", "--frozen", "--no-dev", "--no-hashes", "--package", package],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    ).stdout
+    names = {
+        re.split(r"[=<>; \[]", line, maxsplit=1)[0].lower()
+        for line in exported.splitlines()
+        if line and line[0].isalpha()
+    }
+    assert "pydantic" in names
+    assert not names & set(HEAVY), f"{package} would install {sorted(names & set(HEAVY))}"
+
+
+@pytest.mark.skipif(shutil.which("uv") is None, reason="uv is not on PATH")
+def test_convert_lock_slice_has_the_converter() -> None:
+    exported = subprocess.run(
+        ["uv", "export", "--frozen", "--no-dev", "--no-hashes", "--package", "geozarr-convert"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    ).stdout
+    assert re.search(r"^eopf-geozarr==", exported, re.MULTILINE)
+    assert re.search(r"^functions-framework==", exported, re.MULTILINE)
