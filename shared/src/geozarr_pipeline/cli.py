@@ -6,12 +6,15 @@ import argparse
 import importlib
 from collections.abc import Sequence
 
+SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
+
 # Each module exposes `register(subparsers)`, adding its subcommands with a `func` default
 # that takes the parsed arguments and returns an exit code.
 COMMAND_MODULES: tuple[str, ...] = (
     "geozarr_pipeline.local.broker",
     "geozarr_pipeline.local.deadletters",
     "geozarr_pipeline.sample.commands",
+    "geozarr_pipeline.local.demo",
 )
 
 

@@ -1,0 +1,148 @@
+"""`geozarr-pipeline demo` and `geozarr-pipeline stack`: the chain on embedded defaults."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import signal
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+from cloudevents.http import CloudEvent
+
+from geozarr_pipeline.cli import SubParsers
+from geozarr_pipeline.events import EventType
+from geozarr_pipeline.local.broker import default_manifests
+from geozarr_pipeline.local.stack import LocalStack
+from geozarr_pipeline.sample.build import Sample, write_sample
+from geozarr_pipeline.sample.layout import item_url
+
+
+def register(subparsers: SubParsers) -> None:
+    demo = subparsers.add_parser(
+        "demo",
+        help="synthesize a sample, run the whole chain locally, print the registered item",
+    )
+    _add_stack_options(demo)
+    demo.add_argument("--scale", type=float, default=0.1, help="sample size (1.0 = full tile)")
+    demo.add_argument("--product", choices=("l2a",), default="l2a")
+    demo.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the run")
+    demo.add_argument(
+        "--serve",
+        action="store_true",
+        help="keep the stack (and the viewer) running after the run, until Ctrl-C",
+    )
+    demo.set_defaults(func=_demo)
+
+    stack = subparsers.add_parser(
+        "stack", help="start the local stack and keep it running until Ctrl-C"
+    )
+    _add_stack_options(stack)
+    stack.set_defaults(func=_stack)
+
+
+def _add_stack_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--root", type=Path, default=Path("data/demo"), help="state folder")
+    parser.add_argument("--manifests", type=Path, default=default_manifests())
+    parser.add_argument("--fresh", action="store_true", help="delete --root first")
+
+
+def _prepare_root(args: argparse.Namespace) -> Path:
+    root: Path = args.root.resolve()
+    if args.fresh and root.exists():
+        shutil.rmtree(root)
+    return root
+
+
+def _print_urls(stack: LocalStack) -> None:
+    print("local stack:")
+    for name, url in stack.urls.items():
+        print(f"  {name:18} {url}")
+    print(f"  logs               {stack.root / 'logs'}")
+
+
+def _wait_for_interrupt() -> None:
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+
+
+def _stack(args: argparse.Namespace) -> int:
+    with LocalStack(_prepare_root(args), manifests=args.manifests) as stack:
+        _print_urls(stack)
+        print("stack running; press Ctrl-C to stop", flush=True)
+        _wait_for_interrupt()
+    return 0
+
+
+def convert_requested_event(sample_item_url: str, item_id: str, collection: str) -> CloudEvent:
+    return CloudEvent(
+        {
+            "type": EventType.CONVERT_REQUESTED.value,
+            "source": "urn:eopf-geozarr:demo",
+            "id": str(uuid.uuid4()),
+            "subject": item_id,
+            "datacontenttype": "application/json",
+        },
+        {"source_url": sample_item_url, "item_id": item_id, "collection": collection},
+    )
+
+
+def _load_item(item_url_or_path: str) -> dict[str, Any]:
+    if item_url_or_path.startswith(("http://", "https://")):
+        response = httpx.get(item_url_or_path, timeout=30)
+        response.raise_for_status()
+        loaded: dict[str, Any] = response.json()
+        return loaded
+    path = item_url_or_path.removeprefix("file://")
+    loaded = json.loads(Path(path).read_text())
+    return loaded
+
+
+def describe_store(output_url: str) -> list[str]:
+    """Open the written store with xarray and list its multiscale reflectance levels."""
+    import xarray as xr
+
+    tree = xr.open_datatree(output_url.removeprefix("file://"), engine="zarr")
+    reflectance = tree["measurements/reflectance"]
+    return [
+        f"{name}: {dict(child.sizes)} {sorted(child.data_vars)}"
+        for name, child in reflectance.children.items()
+    ]
+
+
+def _demo(args: argparse.Namespace) -> int:
+    root = _prepare_root(args)
+    started = time.monotonic()
+    with LocalStack(root, manifests=args.manifests) as stack:
+        _print_urls(stack)
+        sample: Sample = write_sample(stack.samples_dir, args.product, scale=args.scale)
+        print(f"sample product {sample.item_id} ({sample.collection}) at scale {args.scale}")
+        source_url = item_url(stack.sample_url, sample.collection, sample.item_id)
+        stack.publish(convert_requested_event(source_url, sample.item_id, sample.collection))
+        print(f"submitted {EventType.CONVERT_REQUESTED.value} for {source_url}", flush=True)
+        done = stack.wait_for_chain(sample.item_id, timeout=args.timeout)
+        item = _load_item(done["item_url"])
+        converted = stack.wait_for(EventType.CONVERT_DONE.value, sample.item_id)
+        print(f"\nchain finished in {time.monotonic() - started:.1f} s")
+        print(f"GeoZarr store: {converted['output_url']}")
+        for line in describe_store(converted["output_url"]):
+            print(f"  {line}")
+        print(f"\nregistered item ({done['item_url']}):")
+        print(json.dumps(item, indent=2))
+        print("\nlinks:")
+        for link in item.get("links", []):
+            print(f"  {link.get('rel', ''):12} {link.get('href', '')}")
+        print(f"\nviewer: {done.get('viewer_url')}")
+        if args.serve:
+            print("serving; press Ctrl-C to stop", flush=True)
+            _wait_for_interrupt()
+    return 0

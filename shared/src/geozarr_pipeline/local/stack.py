@@ -1,0 +1,200 @@
+"""The whole pipeline on one machine: sample server, three functions, broker, raster server.
+
+Every part is a real server process on a free loopback port, started here and stopped by
+its PID; the broker routes by the Trigger manifests in `knative/`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import httpx
+from cloudevents.http import CloudEvent, to_binary
+
+from geozarr_pipeline.events import EventType
+from geozarr_pipeline.local.broker import default_manifests, wait_for_event
+from geozarr_pipeline.local.processes import ManagedProcess, free_port, http_ready
+
+FUNCTION_SERVICES = {
+    "geozarr-convert": "geozarr_convert.main",
+    "geozarr-register": "geozarr_register.main",
+    "geozarr-augment": "geozarr_augment.main",
+}
+
+
+def function_source(module: str) -> Path:
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        raise RuntimeError(f"function module {module} is not installed")
+    return Path(spec.origin)
+
+
+@dataclass
+class LocalStack:
+    """Start with `with LocalStack(root) as stack:`; every process is stopped on exit."""
+
+    root: Path
+    manifests: Path = field(default_factory=default_manifests)
+    extra_env: dict[str, str] = field(default_factory=dict)
+    processes: list[ManagedProcess] = field(default_factory=list)
+    urls: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def samples_dir(self) -> Path:
+        return self.root / "samples"
+
+    @property
+    def broker_url(self) -> str:
+        return self.urls["broker"]
+
+    @property
+    def sample_url(self) -> str:
+        return self.urls["samples"]
+
+    @property
+    def raster_url(self) -> str:
+        return self.urls["raster"]
+
+    def settings_env(self) -> dict[str, str]:
+        """The GEOZARR_* settings every function and the raster server share."""
+        return {
+            "GEOZARR_OUTPUT_ROOT": str(self.root / "geozarr"),
+            "GEOZARR_WORK_DIR": str(self.root / "work"),
+            "GEOZARR_CATALOG_BACKEND": "static",
+            "GEOZARR_CATALOG_ROOT": str(self.root / "catalog"),
+            "GEOZARR_ALLOW_FILE_URLS": "true",
+            "GEOZARR_ALLOW_PLAIN_HTTP": "true",
+            "GEOZARR_ALLOW_PRIVATE_HOSTS": "true",
+            "GEOZARR_RASTER_API_URL": self.urls["raster"],
+            **self.extra_env,
+        }
+
+    def _start(
+        self, name: str, command: list[str], ready_path: str, env: dict[str, str] | None = None
+    ) -> str:
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        process = ManagedProcess(
+            name=name,
+            command=[*command, "--host", "127.0.0.1", "--port", str(port)],
+            log_path=self.root / "logs" / f"{name}.log",
+            env=env or {},
+        ).start()
+        self.processes.append(process)
+        process.wait_ready(http_ready(url + ready_path), timeout=120)
+        self.urls[name] = url
+        return url
+
+    def start(self) -> LocalStack:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.samples_dir.mkdir(parents=True, exist_ok=True)
+        python = sys.executable
+        try:
+            self.urls["raster"] = f"http://127.0.0.1:{free_port()}"
+            raster_port = self.urls["raster"].rsplit(":", 1)[1]
+            env = self.settings_env()
+            self._start(
+                "samples",
+                [python, "-m", "geozarr_pipeline.sample.server", "--root", str(self.samples_dir)],
+                "/healthz",
+            )
+            subscribers: list[str] = []
+            for service, module in FUNCTION_SERVICES.items():
+                url = self._start(
+                    service,
+                    [
+                        python,
+                        "-m",
+                        "functions_framework",
+                        "--target",
+                        "handle",
+                        "--source",
+                        str(function_source(module)),
+                    ],
+                    "/",
+                    env,
+                )
+                subscribers += ["--subscriber", f"{service}={url}"]
+            self._start(
+                "broker",
+                [
+                    python,
+                    "-m",
+                    "geozarr_pipeline.local.broker",
+                    "--manifests",
+                    str(self.manifests),
+                    "--state-dir",
+                    str(self.root / "broker"),
+                    *subscribers,
+                ],
+                "/healthz",
+            )
+            self._start_raster(python, int(raster_port), env)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start_raster(self, python: str, port: int, env: dict[str, str]) -> None:
+        url = f"http://127.0.0.1:{port}"
+        process = ManagedProcess(
+            name="raster",
+            command=[
+                python,
+                "-m",
+                "geozarr_pipeline.local.raster",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            log_path=self.root / "logs" / "raster.log",
+            env=env,
+        ).start()
+        self.processes.append(process)
+        process.wait_ready(http_ready(url + "/healthz"), timeout=120)
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            process.stop()
+        self.processes.clear()
+
+    def __enter__(self) -> LocalStack:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def publish(self, event: CloudEvent) -> None:
+        """Send an event to the broker ingress in binary mode."""
+        headers, body = to_binary(event)
+        response = httpx.post(self.broker_url + "/", headers=headers, content=body, timeout=30)
+        response.raise_for_status()
+
+    def events(self, event_type: str | None = None, subject: str | None = None) -> list[Any]:
+        params = {k: v for k, v in (("type", event_type), ("subject", subject)) if v}
+        response = httpx.get(self.broker_url + "/events", params=params, timeout=30)
+        response.raise_for_status()
+        entries: list[Any] = response.json()
+        return entries
+
+    def wait_for(self, event_type: str, subject: str, timeout: float = 300.0) -> dict[str, Any]:
+        """The event's data once the broker has seen it; raises DeadLettered on a dead letter."""
+        entry = wait_for_event(
+            self.broker_url, event_type=event_type, subject=subject, timeout=timeout
+        )
+        data: dict[str, Any] = entry["event"]["data"]
+        return data
+
+    def wait_for_chain(self, subject: str, timeout: float = 300.0) -> dict[str, Any]:
+        return self.wait_for(EventType.AUGMENT_DONE.value, subject, timeout)
