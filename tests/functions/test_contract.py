@@ -1,0 +1,164 @@
+"""The CloudEvent contract of every stage function, through real HTTP on the local stack."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+from cloudevents.http import CloudEvent, to_binary, to_structured
+
+from geozarr_pipeline.events import (
+    AugmentDone,
+    ConvertDone,
+    EventData,
+    EventType,
+    RegisterDone,
+    Stage,
+)
+from geozarr_pipeline.local.stack import LocalStack
+from tests.fixtures.stack import ChainRun
+
+STAGE_CASES = {
+    Stage.CONVERT: ("geozarr-convert", EventType.CONVERT_REQUESTED, "requested", ConvertDone),
+    Stage.REGISTER: ("geozarr-register", EventType.CONVERT_DONE, "convert_done", RegisterDone),
+    Stage.AUGMENT: ("geozarr-augment", EventType.REGISTER_DONE, "register_done", AugmentDone),
+}
+
+
+def make_event(event_type: str, data: Any, event_id: str | None = None) -> CloudEvent:
+    return CloudEvent(
+        {
+            "type": event_type,
+            "source": "urn:test:contract",
+            "id": event_id or str(uuid.uuid4()),
+            "datacontenttype": "application/json",
+        },
+        data,
+    )
+
+
+def post(url: str, event: CloudEvent, mode: str) -> httpx.Response:
+    headers, body = to_binary(event) if mode == "binary" else to_structured(event)
+    return httpx.post(url, headers=headers, content=body, timeout=300)
+
+
+def output_snapshot(stack: LocalStack) -> dict[str, int]:
+    """Every file the stages write (stores, catalog) with its modification time."""
+    snapshot: dict[str, int] = {}
+    for folder in ("geozarr", "catalog"):
+        base = stack.root / folder
+        if base.exists():
+            for path in base.rglob("*"):
+                if path.is_file():
+                    snapshot[str(path.relative_to(stack.root))] = path.stat().st_mtime_ns
+    return snapshot
+
+
+@pytest.mark.parametrize("mode", ["binary", "structured"])
+@pytest.mark.parametrize("stage", list(STAGE_CASES), ids=lambda s: s.value)
+def test_stage_replies_with_its_done_event(
+    local_stack: LocalStack, chain_run: ChainRun, stage: Stage, mode: str
+) -> None:
+    service, input_type, input_field, reply_model = STAGE_CASES[stage]
+    data = getattr(chain_run, input_field)
+    event = make_event(input_type.value, data)
+
+    first = post(local_stack.urls[service], event, mode)
+    assert first.status_code == 200, first.text
+    assert first.headers["ce-type"] == stage.replies_with.value
+    assert first.headers["ce-source"] == stage.event_source
+    assert first.headers["ce-subject"] == chain_run.sample.item_id
+    reply: EventData = reply_model.model_validate_json(first.content)
+    assert reply.item_id == chain_run.sample.item_id  # type: ignore[attr-defined]
+
+    again = post(local_stack.urls[service], event, mode)
+    assert again.status_code == 200, again.text
+    assert again.headers["ce-id"] == first.headers["ce-id"]
+    assert json.loads(again.content) == json.loads(first.content)
+
+    other = post(local_stack.urls[service], make_event(input_type.value, data), mode)
+    assert other.status_code == 200, other.text
+    assert other.headers["ce-id"] != first.headers["ce-id"]
+
+
+def test_the_chain_reaches_augment_done_with_a_viewer(chain_run: ChainRun) -> None:
+    assert chain_run.convert_done["output_url"]
+    assert chain_run.register_done["item_url"]
+    assert chain_run.augment_done["item_id"] == chain_run.sample.item_id
+    assert chain_run.augment_done["viewer_url"]
+
+
+MALFORMED = {
+    "missing id": (
+        {
+            "ce-specversion": "1.0",
+            "ce-type": EventType.CONVERT_REQUESTED.value,
+            "ce-source": "urn:test",
+            "content-type": "application/json",
+        },
+        b'{"source_url": "https://example.com/x", "collection": "c"}',
+        400,
+        "id",
+    ),
+    "bad JSON": (
+        {
+            "ce-specversion": "1.0",
+            "ce-type": EventType.CONVERT_REQUESTED.value,
+            "ce-source": "urn:test",
+            "ce-id": "1",
+            "content-type": "application/json",
+        },
+        b'{"source_url": ',
+        400,
+        "JSON",
+    ),
+    "structured bad JSON": (
+        {"content-type": "application/cloudevents+json"},
+        b"{not json",
+        400,
+        "JSON",
+    ),
+    "data failing validation": (
+        {
+            "ce-specversion": "1.0",
+            "ce-type": EventType.CONVERT_REQUESTED.value,
+            "ce-source": "urn:test",
+            "ce-id": "2",
+            "content-type": "application/json",
+        },
+        b'{"source_url": "https://example.com/items/x", "collection": "../etc"}',
+        422,
+        "collection",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED))
+@pytest.mark.parametrize("stage", list(STAGE_CASES), ids=lambda s: s.value)
+def test_malformed_events_are_refused_and_write_nothing(
+    local_stack: LocalStack, chain_run: ChainRun, stage: Stage, case: str
+) -> None:
+    service = STAGE_CASES[stage][0]
+    headers, body, status, named = MALFORMED[case]
+    if stage is not Stage.CONVERT and "ce-type" in headers:
+        headers = {**headers, "ce-type": STAGE_CASES[stage][1].value}
+    before = output_snapshot(local_stack)
+    response = httpx.post(local_stack.urls[service], headers=headers, content=body, timeout=60)
+    assert response.status_code == status, response.text
+    problem = response.json()
+    assert named in problem["message"]
+    assert output_snapshot(local_stack) == before
+
+
+@pytest.mark.parametrize("stage", list(STAGE_CASES), ids=lambda s: s.value)
+def test_an_event_of_another_stage_is_refused(
+    local_stack: LocalStack, chain_run: ChainRun, stage: Stage
+) -> None:
+    service = STAGE_CASES[stage][0]
+    wrong = EventType.AUGMENT_DONE.value
+    response = post(local_stack.urls[service], make_event(wrong, {"x": 1}), "binary")
+    assert response.status_code == 400
+    assert wrong in response.json()["message"]
