@@ -40,10 +40,17 @@ def register(subparsers: SubParsers) -> None:
     demo.set_defaults(func=_demo)
 
     stack = subparsers.add_parser(
-        "stack", help="start the local stack and keep it running until Ctrl-C"
+        "stack",
+        help="synthesize the sample, start the local stack on fixed ports, run until Ctrl-C",
     )
     _add_stack_options(stack)
+    stack.add_argument("--scale", type=float, default=0.1, help="sample size (1.0 = full tile)")
+    for name, port in DEFAULT_PORTS.items():
+        stack.add_argument(f"--{name}-port", type=int, default=port, dest=f"{name}_port")
     stack.set_defaults(func=_stack)
+
+
+DEFAULT_PORTS = {"broker": 8080, "samples": 8081, "raster": 8082}
 
 
 def _add_stack_options(parser: argparse.ArgumentParser) -> None:
@@ -76,8 +83,11 @@ def _wait_for_interrupt() -> None:
 
 
 def _stack(args: argparse.Namespace) -> int:
-    with LocalStack(_prepare_root(args), manifests=args.manifests) as stack:
+    ports = {name: getattr(args, f"{name}_port") for name in DEFAULT_PORTS}
+    with LocalStack(_prepare_root(args), manifests=args.manifests, ports=ports) as stack:
         _print_urls(stack)
+        sample = write_sample(stack.samples_dir, "l2a", scale=args.scale)
+        print(f"sample item: {item_url(stack.sample_url, sample.collection, sample.item_id)}")
         print("stack running; press Ctrl-C to stop", flush=True)
         _wait_for_interrupt()
     return 0

@@ -41,6 +41,8 @@ class LocalStack:
     root: Path
     manifests: Path = field(default_factory=default_manifests)
     extra_env: dict[str, str] = field(default_factory=dict)
+    # Fixed ports by component name ("broker", "samples", "raster"); others are picked free.
+    ports: dict[str, int] = field(default_factory=dict)
     processes: list[ManagedProcess] = field(default_factory=list)
     urls: dict[str, str] = field(default_factory=dict)
 
@@ -77,7 +79,7 @@ class LocalStack:
     def _start(
         self, name: str, command: list[str], ready_path: str, env: dict[str, str] | None = None
     ) -> str:
-        port = free_port()
+        port = self.ports.get(name) or free_port()
         url = f"http://127.0.0.1:{port}"
         process = ManagedProcess(
             name=name,
@@ -95,7 +97,7 @@ class LocalStack:
         self.samples_dir.mkdir(parents=True, exist_ok=True)
         python = sys.executable
         try:
-            self.urls["raster"] = f"http://127.0.0.1:{free_port()}"
+            self.urls["raster"] = f"http://127.0.0.1:{self.ports.get('raster') or free_port()}"
             raster_port = self.urls["raster"].rsplit(":", 1)[1]
             env = self.settings_env()
             self._start(
