@@ -34,6 +34,11 @@ class Settings(BaseSettings):
     enable_sharding: bool = False
     keep_scale_offset: bool = False
     work_dir: Path = Path("data/work")
+    # Convert stage: source S3 access, lease of a running conversion, depth of the output check.
+    source_s3_endpoint_url: str | None = None
+    source_s3_anonymous: bool = True
+    convert_lease_seconds: float = Field(default=600.0, gt=0)
+    convert_check_native: Literal["full", "sample"] = "full"
 
     # Catalog.
     catalog_backend: Literal["static", "stac-api"] = "static"
@@ -44,6 +49,10 @@ class Settings(BaseSettings):
     oidc_client_id: str | None = None
     oidc_client_secret: SecretStr | None = None
     register_mode: Literal["create-or-skip", "upsert", "replace"] = "upsert"
+    oidc_scope: str | None = None
+    stac_api_timeout_seconds: float = 10.0
+    stac_api_retries: int = 4
+    stac_api_backoff_seconds: float = 0.25
 
     # Visualisation.
     raster_api_url: str = "http://127.0.0.1:8010"

@@ -1,10 +1,140 @@
-"""The convert stage: ConvertRequested -> ConvertDone."""
+"""The convert stage: ConvertRequested -> ConvertDone.
+
+Order of work, so that a crash at any point leaves nothing that looks finished:
+marker present -> reply from it (fast no-op); resolve and vet the source; take the lease;
+clear leftovers; convert into a fresh location; check (and repair) against the source;
+publish; write the marker last; release the lease.
+"""
 
 from __future__ import annotations
 
+import time
+from datetime import UTC, datetime
+from typing import Any
+
 from geozarr_pipeline.config import Settings
+from geozarr_pipeline.convert import check, engine, sources, storage
+from geozarr_pipeline.convert.progress import Progress
+from geozarr_pipeline.errors import OutputCheckFailed
 from geozarr_pipeline.events import ConvertDone, ConvertRequested
 
 
+def finished(location: storage.OutputLocation) -> ConvertDone | None:
+    """The reply recorded by a completed conversion, if its store is still there."""
+    marker = location.read_marker()
+    if not marker or marker.get("format") != storage.MARKER_FORMAT:
+        return None
+    if not location.store_exists():
+        return None
+    return ConvertDone.model_validate(marker["done"])
+
+
 def run(event: ConvertRequested, settings: Settings) -> ConvertDone:
-    raise NotImplementedError
+    item_id = event.resolved_item_id
+    progress = Progress(item_id, event.collection)
+    location = storage.output_for(settings, event.collection, item_id)
+    if not event.options.force:
+        done = finished(location)
+        if done is not None:
+            progress.step("already done", output_url=done.output_url)
+            return done
+    options = engine.EffectiveOptions.resolve(event.options, settings)
+    source = sources.resolve_source(event.source_url, settings)
+    metadata = sources.read_root_metadata(source.zarr_url, settings)
+    sources.check_sentinel2_metadata(metadata, source.zarr_url)
+    progress.step("resolved", zarr_url=source.zarr_url, options=options.as_dict())
+    lease = location.acquire(settings.convert_lease_seconds)
+    try:
+        if not event.options.force:
+            done = finished(location)
+            if done is not None:
+                progress.step("already done", output_url=done.output_url)
+                return done
+        return _convert(event, settings, source, options, location, lease, progress)
+    finally:
+        lease.release()
+
+
+def _convert(
+    event: ConvertRequested,
+    settings: Settings,
+    source: sources.SourceProduct,
+    options: engine.EffectiveOptions,
+    location: storage.OutputLocation,
+    lease: storage.Lease,
+    progress: Progress,
+) -> ConvertDone:
+    location.clear()
+    location.prepare()
+    tree = engine.open_source(source.zarr_url, settings)
+    progress.step("open", groups=len(tree.groups))
+    started = time.monotonic()
+    engine.convert(
+        tree,
+        location.write_url,
+        options,
+        settings,
+        on_group_written=lambda group: progress.step("group written", group=group),
+    )
+    progress.step("converted", seconds=round(time.monotonic() - started, 3))
+    try:
+        report = _check(source, location, settings, progress)
+    except OutputCheckFailed:
+        location.discard()
+        progress.step("check failed")
+        raise
+    progress.step("checked", arrays=report.arrays_checked, repaired=report.repaired)
+    location.publish()
+    lease.verify()
+    done = ConvertDone(
+        item_id=event.resolved_item_id,
+        collection=event.collection,
+        source_url=source.source_url,
+        source_item_url=source.item_url,
+        zarr_url=source.zarr_url,
+        output_url=location.url,
+    )
+    location.write_marker(_marker(done, options, report, progress))
+    progress.step("done", output_url=done.output_url)
+    return done
+
+
+def _check(
+    source: sources.SourceProduct,
+    location: storage.OutputLocation,
+    settings: Settings,
+    progress: Progress,
+) -> check.CheckReport:
+    import zarr
+
+    source_group = zarr.open_group(
+        sources.local_path(source.zarr_url),
+        mode="r",
+        storage_options=sources.storage_options(source.zarr_url, settings),
+    )
+    output_group = zarr.open_group(
+        location.write_url, mode="r+", storage_options=location.storage_options()
+    )
+    return check.check_output(
+        source_group,
+        output_group,
+        native_mode=settings.convert_check_native,
+        on_level=lambda level: progress.step("level checked", pyramid_level=level),
+    )
+
+
+def _marker(
+    done: ConvertDone,
+    options: engine.EffectiveOptions,
+    report: check.CheckReport,
+    progress: Progress,
+) -> dict[str, Any]:
+    return {
+        "format": storage.MARKER_FORMAT,
+        "done": done.model_dump(mode="json"),
+        "options": options.as_dict(),
+        "check": report.as_dict(),
+        "completed_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "duration_s": progress.elapsed,
+        "eopf_geozarr": engine.load_library().version,
+    }

@@ -1,0 +1,330 @@
+"""Where a product comes from: the URL policy and STAC item -> Zarr URL resolution.
+
+`source_url` is either a STAC item URL (resolved through its assets, the way an EODC item
+needs) or a direct Zarr URL (a path ending in `.zarr`). Every URL that is fetched, the item
+and the Zarr it points to, passes the same policy: https and s3 always, file:// and plain
+http only when allowed (local mode), an optional host allow-list, and no private, loopback
+or link-local addresses unless allowed.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+import httpx
+
+from geozarr_pipeline.config import Settings
+from geozarr_pipeline.errors import (
+    InvalidInput,
+    RateLimited,
+    SourceNotFound,
+    TransientError,
+    UnsupportedProduct,
+)
+
+ZARR_MEDIA_MARKERS = ("zarr",)
+SENTINEL2_PRODUCT_TYPES = frozenset({"S02MSIL1C", "S02MSIL2A"})
+ALWAYS_ALLOWED_SCHEMES = frozenset({"https", "s3"})
+
+
+@dataclass(frozen=True)
+class SourceProduct:
+    """A resolved source: the product's Zarr URL and, if it came from one, its STAC item."""
+
+    source_url: str
+    zarr_url: str
+    item_url: str | None = None
+    item: dict[str, Any] | None = None
+
+
+def check_url(url: str, settings: Settings, *, what: str = "source URL") -> None:
+    """Refuse a URL that the policy does not allow; return quietly if it is fine."""
+    parsed = urlparse(url)
+    scheme = parsed.scheme.lower()
+    if scheme == "file":
+        if not settings.allow_file_urls:
+            raise InvalidInput(f"{what} {url!r}: file:// URLs are not allowed here")
+        if parsed.netloc not in ("", "localhost"):
+            raise InvalidInput(f"{what} {url!r}: file:// URLs must not name a host")
+        return
+    if scheme == "http":
+        if not settings.allow_plain_http:
+            raise InvalidInput(f"{what} {url!r}: plain http is not allowed (use https)")
+    elif scheme not in ALWAYS_ALLOWED_SCHEMES:
+        raise InvalidInput(
+            f"{what} {url!r}: scheme {scheme or '(none)'!r} is not allowed "
+            "(https or s3; file:// and http only in local mode)"
+        )
+    if parsed.username is not None or parsed.password is not None:
+        raise InvalidInput(f"{what} {url!r}: credentials in URLs are not accepted")
+    host = parsed.hostname
+    if not host:
+        raise InvalidInput(f"{what} {url!r} has no host")
+    if scheme == "s3":
+        # The bucket is a name on the configured endpoint, not a network address.
+        _check_allow_list(host, settings, url, what)
+        return
+    _check_allow_list(host, settings, url, what)
+    if not settings.allow_private_hosts:
+        _check_public_host(host, parsed.port, url, what)
+
+
+def _check_allow_list(host: str, settings: Settings, url: str, what: str) -> None:
+    if not settings.allowed_hosts:
+        return
+    host = host.lower()
+    for allowed in settings.allowed_hosts:
+        entry = allowed.lower()
+        if entry.startswith("*."):
+            if host.endswith(entry[1:]):
+                return
+        elif host == entry:
+            return
+    raise InvalidInput(f"{what} {url!r}: host {host!r} is not in the allowed hosts")
+
+
+def _check_public_host(host: str, port: int | None, url: str, what: str) -> None:
+    """Resolve the host; refuse it if any address is private, loopback, link-local, ..."""
+    try:
+        infos = socket.getaddrinfo(host, port or 443, proto=socket.IPPROTO_TCP)
+    except socket.gaierror as exc:
+        if exc.errno == socket.EAI_NONAME:
+            raise InvalidInput(f"{what} {url!r}: host {host!r} does not resolve") from exc
+        raise TransientError(f"cannot resolve {host!r} for {url!r}: {exc}") from exc
+    for info in infos:
+        address = ipaddress.ip_address(info[4][0])
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        if not address.is_global or address.is_multicast:
+            raise InvalidInput(
+                f"{what} {url!r}: host {host!r} resolves to a non-public address ({address}); "
+                "private, loopback and link-local hosts are refused"
+            )
+
+
+def is_zarr_url(url: str) -> bool:
+    return urlparse(url).path.rstrip("/").endswith(".zarr")
+
+
+def local_path(url: str) -> str:
+    """The filesystem path of a file:// URL (other URLs unchanged)."""
+    parsed = urlparse(url)
+    if parsed.scheme.lower() == "file":
+        return unquote(parsed.path)
+    return url
+
+
+def storage_options(url: str, settings: Settings) -> dict[str, Any] | None:
+    """fsspec options to read a source URL."""
+    scheme = urlparse(url).scheme.lower()
+    if scheme == "s3":
+        options: dict[str, Any] = {"anon": settings.source_s3_anonymous}
+        if settings.source_s3_endpoint_url:
+            options["endpoint_url"] = settings.source_s3_endpoint_url
+        return options
+    if scheme in ("http", "https"):
+        return {"client_kwargs": {"trust_env": False}}
+    return None
+
+
+def http_client(settings: Settings) -> httpx.Client:
+    """An HTTP client whose every request, redirects included, passes the URL policy."""
+
+    def check_request(request: httpx.Request) -> None:
+        check_url(str(request.url), settings)
+
+    return httpx.Client(
+        timeout=settings.http_timeout_seconds,
+        follow_redirects=True,
+        max_redirects=5,
+        trust_env=False,
+        event_hooks={"request": [check_request]},
+        headers={"User-Agent": "geozarr-pipeline-convert"},
+    )
+
+
+def _get(client: httpx.Client, url: str, what: str) -> httpx.Response | None:
+    """GET a URL: None for 404/410, a classified error for other failures."""
+    try:
+        response = client.get(url)
+    except httpx.TimeoutException as exc:
+        raise TransientError(f"timeout fetching {what} {url}: {exc}") from exc
+    except httpx.TransportError as exc:
+        raise TransientError(f"network error fetching {what} {url}: {exc}") from exc
+    except httpx.TooManyRedirects as exc:
+        raise InvalidInput(f"too many redirects fetching {what} {url}") from exc
+    status = response.status_code
+    if status in (404, 410):
+        return None
+    if status == 429:
+        raise RateLimited(f"{what} {url} answered 429 Too Many Requests")
+    if status >= 500 or status == 408:
+        raise TransientError(f"{what} {url} answered {status}")
+    if status >= 400:
+        raise SourceNotFound(f"{what} {url} answered {status}: {response.text[:200]}")
+    return response
+
+
+def fetch_item(url: str, settings: Settings, client: httpx.Client) -> dict[str, Any]:
+    check_url(url, settings, what="source item URL")
+    if urlparse(url).scheme.lower() == "file":
+        path = Path(local_path(url))
+        if not path.is_file():
+            raise SourceNotFound(f"source item {url} does not exist")
+        text = path.read_text()
+    else:
+        response = _get(client, url, "source item")
+        if response is None:
+            raise SourceNotFound(f"source item {url} does not exist (404)")
+        text = response.text
+    try:
+        item = json.loads(text)
+    except ValueError as exc:
+        raise InvalidInput(f"source item {url} is not JSON: {exc}") from exc
+    if not isinstance(item, dict) or item.get("type") != "Feature":
+        raise InvalidInput(f"{url} is neither a STAC item (type Feature) nor a .zarr URL")
+    if not isinstance(item.get("assets"), dict):
+        raise InvalidInput(f"source item {url} has no assets")
+    return item
+
+
+def _is_zarr_asset(asset: dict[str, Any]) -> bool:
+    media = str(asset.get("type", "")).lower()
+    return any(marker in media for marker in ZARR_MEDIA_MARKERS) or ".zarr" in str(
+        asset.get("href", "")
+    )
+
+
+def zarr_root_of(href: str) -> str | None:
+    """The product root of an href inside a Zarr store (cut after the `.zarr` segment)."""
+    parsed = urlparse(href)
+    segments = parsed.path.split("/")
+    for index, segment in enumerate(segments):
+        if segment.endswith(".zarr"):
+            return parsed._replace(
+                path="/".join(segments[: index + 1]), query="", fragment=""
+            ).geturl()
+    return None
+
+
+def zarr_url_from_item(item: dict[str, Any], item_url: str) -> str:
+    """The product's Zarr URL from its assets.
+
+    EODC items carry a `product` asset at the store root (`application/vnd.zarr`, roles
+    data+metadata) and per-band assets inside the store (some typed `application/vnd+zarr`);
+    prefer the root asset, else cut any Zarr asset's href at its `.zarr` segment.
+    """
+    assets: dict[str, Any] = item["assets"]
+    candidates = [a for a in assets.values() if isinstance(a, dict) and _is_zarr_asset(a)]
+    product = assets.get("product")
+    if isinstance(product, dict) and _is_zarr_asset(product):
+        candidates.insert(0, product)
+    for asset in candidates:
+        root = zarr_root_of(str(asset.get("href", "")))
+        if root:
+            return root
+    raise InvalidInput(
+        f"source item {item.get('id', item_url)!r} has no Zarr asset "
+        f"(assets: {', '.join(sorted(assets)) or 'none'})"
+    )
+
+
+def check_sentinel2_properties(properties: dict[str, Any], where: str) -> None:
+    """Refuse metadata that names a mission or product type other than Sentinel-2 MSI."""
+    product_type = properties.get("product:type") or properties.get("product_type")
+    constellation = str(properties.get("constellation", "")).lower()
+    platform = str(properties.get("platform", "")).lower()
+    if product_type is not None and str(product_type) not in SENTINEL2_PRODUCT_TYPES:
+        raise UnsupportedProduct(
+            f"{where}: product type {product_type!r} is not a Sentinel-2 MSI L1C/L2A product"
+        )
+    if constellation and constellation != "sentinel-2":
+        raise UnsupportedProduct(f"{where}: constellation {constellation!r} is not Sentinel-2")
+    if platform and not platform.startswith("sentinel-2"):
+        raise UnsupportedProduct(f"{where}: platform {platform!r} is not Sentinel-2")
+
+
+def resolve_source(
+    source_url: str, settings: Settings, client: httpx.Client | None = None
+) -> SourceProduct:
+    """Resolve an event's `source_url` into the Zarr URL to convert."""
+    check_url(source_url, settings)
+    if is_zarr_url(source_url):
+        return SourceProduct(source_url=source_url, zarr_url=source_url.rstrip("/"))
+    owns_client = client is None
+    active = client or http_client(settings)
+    try:
+        item = fetch_item(source_url, settings, active)
+    finally:
+        if owns_client:
+            active.close()
+    properties = item.get("properties")
+    check_sentinel2_properties(
+        properties if isinstance(properties, dict) else {}, f"source item {item.get('id')!r}"
+    )
+    zarr_url = zarr_url_from_item(item, source_url)
+    check_url(zarr_url, settings, what="product Zarr URL")
+    return SourceProduct(source_url=source_url, zarr_url=zarr_url, item_url=source_url, item=item)
+
+
+def read_root_metadata(
+    zarr_url: str, settings: Settings, client: httpx.Client | None = None
+) -> dict[str, Any]:
+    """The product's consolidated metadata (`.zmetadata`), fetched before the heavy open.
+
+    It tells a missing product (4xx) from a network fault (retried) cheaply, and its root
+    attributes say whether the product is Sentinel-2.
+    """
+    scheme = urlparse(zarr_url).scheme.lower()
+    if scheme in ("http", "https"):
+        owns_client = client is None
+        active = client or http_client(settings)
+        try:
+            response = _get(active, f"{zarr_url}/.zmetadata", "product metadata")
+            if response is None:
+                v3 = _get(active, f"{zarr_url}/zarr.json", "product metadata")
+                if v3 is None:
+                    raise SourceNotFound(f"no Zarr product at {zarr_url} (no .zmetadata)")
+                text = v3.text
+            else:
+                text = response.text
+        finally:
+            if owns_client:
+                active.close()
+    elif scheme in ("file", ""):
+        root = Path(local_path(zarr_url))
+        for name in (".zmetadata", "zarr.json"):
+            if (root / name).is_file():
+                text = (root / name).read_text()
+                break
+        else:
+            raise SourceNotFound(f"no Zarr product at {zarr_url}")
+    else:
+        return {}
+    try:
+        parsed: dict[str, Any] = json.loads(text)
+    except ValueError as exc:
+        raise InvalidInput(f"product metadata of {zarr_url} is not JSON: {exc}") from exc
+    return parsed
+
+
+def check_sentinel2_metadata(metadata: dict[str, Any], zarr_url: str) -> None:
+    """Refuse a product whose consolidated metadata is not an EOPF Sentinel-2 product."""
+    entries = metadata.get("metadata")
+    if not isinstance(entries, dict):
+        return
+    if "measurements/reflectance/.zgroup" not in entries:
+        raise UnsupportedProduct(
+            f"{zarr_url} is not a Sentinel-2 product (no measurements/reflectance group)"
+        )
+    root_attrs = entries.get(".zattrs", {})
+    stac = root_attrs.get("stac_discovery", {}) if isinstance(root_attrs, dict) else {}
+    properties = stac.get("properties", {}) if isinstance(stac, dict) else {}
+    if isinstance(properties, dict):
+        check_sentinel2_properties(properties, zarr_url)
