@@ -6,7 +6,7 @@ import argparse
 import importlib
 from collections.abc import Sequence
 
-SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
+type SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
 
 # Each module exposes `register(subparsers)`, adding its subcommands with a `func` default
 # that takes the parsed arguments and returns an exit code.
@@ -15,6 +15,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "geozarr_pipeline.local.deadletters",
     "geozarr_pipeline.sample.commands",
     "geozarr_pipeline.local.demo",
+    "geozarr_pipeline.submit",
+    "geozarr_pipeline.local.amqp_bridge",
 )
 
 
