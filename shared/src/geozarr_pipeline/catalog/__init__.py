@@ -2,11 +2,22 @@
 
 `open_catalog(settings)` returns the backend the settings select: an on-disk static STAC
 catalog (the embedded default) or a STAC API with the Transactions extension.
+
+Write modes of `put_item`:
+- `create-or-skip`: create the item; if it already exists, leave it untouched.
+- `upsert`: create, or update in one atomic PUT, keeping what others added to the stored item
+  (assets, links, properties the new item does not have, e.g. augment's thumbnail and links).
+- `replace`: create, or overwrite in one atomic PUT with exactly this item.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+if TYPE_CHECKING:
+    import httpx
+
+    from geozarr_pipeline.config import Settings
 
 RegisterMode = Literal["create-or-skip", "upsert", "replace"]
 StacItem = dict[str, Any]
@@ -24,3 +35,17 @@ class Catalog(Protocol):
 
     def item_url(self, collection_id: str, item_id: str) -> str:
         """Where the item is (or will be) readable."""
+
+    def collection_url(self, collection_id: str) -> str:
+        """Where the collection is (or will be) readable."""
+
+
+def open_catalog(settings: Settings, client: httpx.Client | None = None) -> Catalog:
+    """The backend the settings select. `client` is for the STAC API backend (tests, reuse)."""
+    if settings.catalog_backend == "stac-api":
+        from geozarr_pipeline.catalog.stac_api import StacApiCatalog
+
+        return StacApiCatalog.from_settings(settings, client=client)
+    from geozarr_pipeline.catalog.static import StaticCatalog
+
+    return StaticCatalog(settings.catalog_root)

@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 
 def _open_catalog(settings: Settings) -> Catalog:
-    from geozarr_pipeline.catalog import open_catalog  # type: ignore[attr-defined]
+    from geozarr_pipeline.catalog import open_catalog
 
     catalog: Catalog = open_catalog(settings)
     return catalog

@@ -1,10 +1,95 @@
-"""The register stage: ConvertDone -> RegisterDone."""
+"""The register stage: ConvertDone -> RegisterDone.
+
+Fetch the source item (or describe a direct Zarr source from its own metadata), read the
+converted store's real structure, build and validate the item, write it to the catalog.
+Light on purpose: JSON metadata only, no zarr/xarray/dask/eopf_geozarr imports.
+"""
 
 from __future__ import annotations
 
+import logging
+import time
+from typing import Any
+
+import httpx
+
+from geozarr_pipeline.catalog import Catalog, open_catalog
 from geozarr_pipeline.config import Settings
+from geozarr_pipeline.errors import OutputCheckFailed
 from geozarr_pipeline.events import ConvertDone, RegisterDone
+from geozarr_pipeline.stac.hrefs import store_href
+from geozarr_pipeline.stac.item import build_item
+from geozarr_pipeline.stac.source import derived_from_link, fetch_source_item, item_from_product
+from geozarr_pipeline.stac.store import node_exists, open_reader, read_store
+from geozarr_pipeline.stac.validate import validate_item
+
+log = logging.getLogger(__name__)
 
 
-def run(event: ConvertDone, settings: Settings) -> RegisterDone:
-    raise NotImplementedError
+def build_registered_item(
+    event: ConvertDone, settings: Settings, client: httpx.Client, collection_url: str
+) -> dict[str, Any]:
+    """The validated item for a converted store; every asset points at an existing node."""
+    if event.source_item_url:
+        source_item = fetch_source_item(event.source_item_url, client)
+    else:
+        source_item = item_from_product(
+            open_reader(event.zarr_url, settings, client), event.zarr_url
+        )
+    store_url = store_href(event.output_url)
+    reader = open_reader(store_url, settings, client)
+    tree = read_store(store_url, reader)
+    item, node_paths = build_item(
+        item_id=event.item_id,
+        collection=event.collection,
+        source_item=source_item,
+        source_link=derived_from_link(event.source_item_url, event.zarr_url),
+        store_url=store_url,
+        tree=tree,
+        settings=settings,
+    )
+    item["links"].append({"rel": "collection", "href": collection_url, "type": "application/json"})
+    missing = [key for key, path in node_paths.items() if not node_exists(reader, path)]
+    if missing:
+        raise OutputCheckFailed(
+            f"assets {', '.join(sorted(missing))} point at nodes missing from {store_url}"
+        )
+    validate_item(item)
+    return item
+
+
+def run(
+    event: ConvertDone,
+    settings: Settings,
+    catalog: Catalog | None = None,
+    client: httpx.Client | None = None,
+) -> RegisterDone:
+    started = time.monotonic()
+    own_client = client is None
+    http = client or httpx.Client(timeout=settings.http_timeout_seconds, follow_redirects=True)
+    try:
+        catalog = catalog if catalog is not None else open_catalog(settings)
+        item = build_registered_item(
+            event, settings, http, catalog.collection_url(event.collection)
+        )
+        item_url = catalog.put_item(item, settings.register_mode)
+    finally:
+        if own_client:
+            http.close()
+    log.info(
+        "item registered",
+        extra={
+            "item_id": event.item_id,
+            "collection": event.collection,
+            "item_url": item_url,
+            "mode": settings.register_mode,
+            "assets": sorted(item["assets"]),
+            "elapsed_s": round(time.monotonic() - started, 3),
+        },
+    )
+    return RegisterDone(
+        item_id=event.item_id,
+        collection=event.collection,
+        item_url=item_url,
+        output_url=event.output_url,
+    )

@@ -1,0 +1,93 @@
+"""Authentication for the STAC API: a static bearer token or OIDC client credentials.
+
+Tokens are kept in memory only and never logged; an OIDC token is refreshed before it
+expires (at 80 % of its lifetime, and at least 30 s early).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import httpx
+
+from geozarr_pipeline.errors import TransientError, UpstreamRejected
+
+Clock = Callable[[], float]
+
+
+class Auth(Protocol):
+    def headers(self) -> dict[str, str]:
+        """Authorization headers for the next request."""
+
+    def invalidate(self) -> None:
+        """Forget a cached token the API refused."""
+
+
+class NoAuth:
+    def headers(self) -> dict[str, str]:
+        return {}
+
+    def invalidate(self) -> None:
+        return None
+
+
+@dataclass
+class BearerToken:
+    token: str = field(repr=False)
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    def invalidate(self) -> None:
+        return None
+
+
+@dataclass
+class OidcClientCredentials:
+    token_url: str
+    client_id: str
+    client_secret: str = field(repr=False)
+    client: httpx.Client = field(repr=False)
+    scope: str | None = None
+    clock: Clock = time.monotonic
+    _token: str | None = field(default=None, repr=False)
+    _refresh_at: float = 0.0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def headers(self) -> dict[str, str]:
+        with self._lock:
+            if self._token is None or self.clock() >= self._refresh_at:
+                self._fetch()
+            return {"Authorization": f"Bearer {self._token}"}
+
+    def invalidate(self) -> None:
+        with self._lock:
+            self._token = None
+
+    def _fetch(self) -> None:
+        data = {"grant_type": "client_credentials"}
+        if self.scope:
+            data["scope"] = self.scope
+        try:
+            response = self.client.post(
+                self.token_url, data=data, auth=(self.client_id, self.client_secret)
+            )
+        except httpx.HTTPError as exc:
+            raise TransientError(f"token endpoint unreachable: {type(exc).__name__}") from exc
+        if response.status_code >= 500 or response.status_code == 429:
+            raise TransientError(f"token endpoint answered {response.status_code}")
+        if response.status_code >= 400:
+            raise UpstreamRejected(
+                f"token endpoint refused the client credentials ({response.status_code})"
+            )
+        body = response.json()
+        token = body.get("access_token")
+        if not isinstance(token, str) or not token:
+            raise UpstreamRejected("token endpoint answered without an access_token")
+        lifetime = float(body.get("expires_in") or 300)
+        self._token = token
+        self._refresh_at = self.clock() + min(lifetime * 0.8, max(lifetime - 30, 0))

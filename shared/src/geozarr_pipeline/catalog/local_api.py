@@ -1,0 +1,192 @@
+"""A local STAC API: PostgreSQL + pgstac + stac-fastapi-pgstac (Transactions) on loopback.
+
+Run as `python -m geozarr_pipeline.catalog.local_api --host 127.0.0.1 --port N --data-dir D`.
+It starts a private PostgreSQL server (as user `postgres` when run as root), migrates pgstac
+into it, then serves stac-fastapi-pgstac in this process with `GET /healthz` added. Stopping
+this process (SIGTERM/SIGINT) stops the database it started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from geozarr_pipeline.local.processes import LOOPBACK, ManagedProcess, free_port, tcp_ready
+
+PG_USER = "postgres"
+PG_PASSWORD = "postgres"  # noqa: S105 - loopback-only throwaway server with trust auth
+PG_DATABASE = "postgres"
+
+
+def postgres_bin_dir() -> Path:
+    """The newest installed PostgreSQL server binaries (Debian layout)."""
+    found = shutil.which("initdb")
+    if found:
+        return Path(found).parent
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    if not versions:
+        raise FileNotFoundError("PostgreSQL server binaries not found (apt-get install postgresql)")
+    return versions[-1].parent
+
+
+def _as_postgres(command: Sequence[str]) -> list[str]:
+    """PostgreSQL refuses to run as root: switch to the postgres user when we are root."""
+    if os.geteuid() == 0:
+        return ["runuser", "-u", PG_USER, "--", *command]
+    return list(command)
+
+
+def _chown_to_postgres(path: Path) -> None:
+    if os.geteuid() != 0:
+        return
+    entry = pwd.getpwnam(PG_USER)
+    os.chown(path, entry.pw_uid, entry.pw_gid)
+
+
+@dataclass
+class LocalPostgres:
+    """A private PostgreSQL server with pgstac migrated, in its own data directory."""
+
+    data_dir: Path
+    port: int = field(default_factory=free_port)
+    process: ManagedProcess | None = None
+    cluster_dir: Path | None = None
+
+    @property
+    def dsn(self) -> str:
+        return f"postgresql://{PG_USER}:{PG_PASSWORD}@{LOOPBACK}:{self.port}/{PG_DATABASE}"
+
+    def env(self) -> dict[str, str]:
+        """The libpq variables stac-fastapi-pgstac reads."""
+        return {
+            "PGHOST": LOOPBACK,
+            "PGPORT": str(self.port),
+            "PGUSER": PG_USER,
+            "PGPASSWORD": PG_PASSWORD,
+            "PGDATABASE": PG_DATABASE,
+        }
+
+    def start(self) -> LocalPostgres:
+        bin_dir = postgres_bin_dir()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        # The cluster lives in a short /tmp path the postgres user can reach (a pytest tmp dir
+        # is private to root, and socket paths are limited to ~100 characters).
+        self.cluster_dir = Path(tempfile.mkdtemp(prefix="geozarr-pg-"))
+        _chown_to_postgres(self.cluster_dir)
+        pgdata = self.cluster_dir / "pgdata"
+        sockets = self.cluster_dir / "sockets"
+        for path in (pgdata, sockets):
+            path.mkdir(exist_ok=True)
+            _chown_to_postgres(path)
+        if not (pgdata / "PG_VERSION").exists():
+            result = subprocess.run(
+                _as_postgres(
+                    [
+                        str(bin_dir / "initdb"),
+                        *("-D", str(pgdata), "-A", "trust", "-U", PG_USER),
+                        *("--no-sync", "-E", "UTF8"),
+                    ]
+                ),
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            if result.returncode != 0:
+                raise RuntimeError(f"initdb failed:\n{result.stdout}\n{result.stderr}")
+        self.process = ManagedProcess(
+            name="postgres",
+            command=_as_postgres(
+                [
+                    str(bin_dir / "postgres"),
+                    "-D",
+                    str(pgdata),
+                    "-p",
+                    str(self.port),
+                    "-k",
+                    str(sockets),
+                    "-c",
+                    f"listen_addresses={LOOPBACK}",
+                    "-c",
+                    "fsync=off",
+                    "-c",
+                    "synchronous_commit=off",
+                    "-c",
+                    "full_page_writes=off",
+                ]
+            ),
+            log_path=self.data_dir / "postgres.log",
+        ).start()
+        self.process.wait_ready(tcp_ready(self.port), timeout=60)
+        self.migrate()
+        return self
+
+    def migrate(self) -> None:
+        pypgstac = shutil.which("pypgstac") or str(Path(sys.executable).parent / "pypgstac")
+        result = subprocess.run(
+            [pypgstac, "migrate", "--dsn", self.dsn],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"pypgstac migrate failed:\n{result.stdout}\n{result.stderr}")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop(grace=20)
+        if self.cluster_dir is not None:
+            shutil.rmtree(self.cluster_dir, ignore_errors=True)
+
+
+def api_env(postgres: LocalPostgres) -> dict[str, str]:
+    """Environment of a stac-fastapi-pgstac server on this database, Transactions enabled."""
+    return {
+        **postgres.env(),
+        "ENABLE_TRANSACTIONS_EXTENSIONS": "TRUE",
+        "DB_MIN_CONN_SIZE": "1",
+        "DB_MAX_CONN_SIZE": "4",
+    }
+
+
+def serve(host: str, port: int, data_dir: Path) -> int:
+    """Start PostgreSQL, migrate, serve the API until interrupted, then stop PostgreSQL."""
+    import uvicorn
+
+    postgres = LocalPostgres(data_dir=data_dir).start()
+    try:
+        os.environ.update(api_env(postgres))
+        from fastapi import FastAPI
+        from stac_fastapi.pgstac.app import create_app  # type: ignore[import-untyped]
+
+        app: FastAPI = create_app()
+
+        @app.get("/healthz", include_in_schema=False)
+        def healthz() -> dict[str, str]:
+            return {"status": "ok"}
+
+        uvicorn.run(app, host=host, port=port, log_level="warning")
+    finally:
+        postgres.stop()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--host", default=LOOPBACK)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--data-dir", type=Path, required=True)
+    args = parser.parse_args(argv)
+    return serve(args.host, args.port, args.data_dir)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

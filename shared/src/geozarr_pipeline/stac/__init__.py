@@ -1,0 +1,1 @@
+"""STAC items for converted stores: read the store's structure, build, translate hrefs, validate."""

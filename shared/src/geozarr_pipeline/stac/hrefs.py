@@ -1,0 +1,45 @@
+"""Asset hrefs: the public https form of object-storage locations, the s3:// form as alternate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from geozarr_pipeline.config import Settings
+
+ALTERNATE_ASSETS_EXTENSION = "https://stac-extensions.github.io/alternate-assets/v1.2.0/schema.json"
+
+
+def _normalise(url: str) -> str:
+    parsed = urlparse(url)
+    if parsed.scheme in ("", "file"):
+        return str(Path(parsed.path if parsed.scheme else url).resolve())
+    return url.rstrip("/")
+
+
+def store_href(output_url: str) -> str:
+    """The store location as written into items: URLs as they are, local paths absolute."""
+    return _normalise(output_url)
+
+
+def public_href(url: str, settings: Settings) -> str | None:
+    """`url` rewritten under `public_base_url` if it lies under `output_root`, else None."""
+    if not settings.public_base_url:
+        return None
+    root = _normalise(settings.output_root)
+    target = _normalise(url)
+    if target == root or target.startswith(root.rstrip("/") + "/"):
+        return settings.public_base_url.rstrip("/") + target[len(root.rstrip("/")) :]
+    return None
+
+
+def asset_hrefs(url: str, settings: Settings) -> tuple[str, dict[str, Any]]:
+    """The href of an asset and its `alternate` entries (alternate-assets extension)."""
+    public = public_href(url, settings)
+    if public is None:
+        return url, {}
+    alternates: dict[str, Any] = {}
+    if urlparse(url).scheme == "s3":
+        alternates["s3"] = {"href": url, "alternate:name": "S3"}
+    return public, alternates

@@ -1,0 +1,240 @@
+"""Read the structure of a Zarr v3 store from its metadata documents only.
+
+No zarr/xarray/numpy: a store is a tree of `zarr.json` documents, read as JSON from a local
+folder, over HTTP(S) or from S3. The root document's `consolidated_metadata`, when present,
+gives the whole tree in one read; otherwise the tree is walked by listing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import unquote, urlparse
+
+import httpx
+
+from geozarr_pipeline.config import Settings
+from geozarr_pipeline.errors import InvalidInput, OutputCheckFailed, TransientError
+
+ZARR_JSON = "zarr.json"
+
+
+@dataclass(frozen=True)
+class ZarrNode:
+    """One group or array of the store, with its metadata document."""
+
+    path: str  # relative to the store root, "" for the root, no leading slash
+    metadata: dict[str, Any]
+
+    @property
+    def is_array(self) -> bool:
+        return self.metadata.get("node_type") == "array"
+
+    @property
+    def attributes(self) -> dict[str, Any]:
+        attrs = self.metadata.get("attributes") or {}
+        return attrs if isinstance(attrs, dict) else {}
+
+    @property
+    def name(self) -> str:
+        return self.path.rsplit("/", 1)[-1]
+
+    @property
+    def shape(self) -> list[int]:
+        return [int(n) for n in self.metadata.get("shape") or []]
+
+    @property
+    def data_type(self) -> str | None:
+        value = self.metadata.get("data_type")
+        return value if isinstance(value, str) else None
+
+    @property
+    def dimension_names(self) -> list[str]:
+        return [str(d) for d in self.metadata.get("dimension_names") or []]
+
+
+@dataclass
+class StoreTree:
+    """All nodes of a store, by path."""
+
+    url: str
+    nodes: dict[str, ZarrNode] = field(default_factory=dict)
+
+    def get(self, path: str) -> ZarrNode | None:
+        return self.nodes.get(path.strip("/"))
+
+    def children(self, path: str) -> list[ZarrNode]:
+        prefix = path.strip("/")
+        depth = prefix.count("/") + 1 if prefix else 0
+        return sorted(
+            (
+                node
+                for p, node in self.nodes.items()
+                if p and (not prefix or p.startswith(prefix + "/")) and p.count("/") == depth
+            ),
+            key=lambda n: n.path,
+        )
+
+    def groups(self) -> Iterator[ZarrNode]:
+        return (n for n in self.nodes.values() if not n.is_array)
+
+
+class StoreReader(Protocol):
+    def read_json(self, path: str) -> dict[str, Any] | None:
+        """The JSON document at `path` relative to the store root, None if there is none."""
+
+    def list_children(self, path: str) -> list[str]:
+        """Names of the sub-folders of `path`."""
+
+
+class LocalReader:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def read_json(self, path: str) -> dict[str, Any] | None:
+        target = self.root / path
+        try:
+            data = json.loads(target.read_text())
+        except FileNotFoundError:
+            return None
+        except ValueError as exc:
+            raise OutputCheckFailed(f"{target} is not valid JSON: {exc}") from exc
+        return data if isinstance(data, dict) else None
+
+    def list_children(self, path: str) -> list[str]:
+        folder = self.root / path
+        if not folder.is_dir():
+            return []
+        return sorted(p.name for p in folder.iterdir() if p.is_dir())
+
+
+class HttpReader:
+    """Read-only over HTTP(S); cannot list, so the store must carry consolidated metadata."""
+
+    def __init__(self, base_url: str, client: httpx.Client) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.client = client
+
+    def read_json(self, path: str) -> dict[str, Any] | None:
+        url = f"{self.base_url}/{path}"
+        try:
+            response = self.client.get(url)
+        except httpx.HTTPError as exc:
+            raise TransientError(f"cannot read {url}: {exc}") from exc
+        if response.status_code in (403, 404):
+            return None
+        if response.status_code >= 500 or response.status_code == 429:
+            raise TransientError(f"{url} answered {response.status_code}")
+        if response.status_code >= 400:
+            raise InvalidInput(f"{url} answered {response.status_code}")
+        data = response.json()
+        return data if isinstance(data, dict) else None
+
+    def list_children(self, path: str) -> list[str]:
+        raise OutputCheckFailed(
+            f"{self.base_url} has no consolidated metadata and HTTP cannot list; "
+            "read the store from S3 or the filesystem instead"
+        )
+
+
+class S3Reader:
+    """S3 through boto3, imported only when an s3:// store is read."""
+
+    def __init__(self, bucket: str, prefix: str, settings: Settings) -> None:
+        import boto3  # type: ignore[import-untyped]
+
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        secret = settings.s3_secret_access_key
+        self.client = boto3.client(
+            "s3",
+            endpoint_url=settings.s3_endpoint_url,
+            region_name=settings.s3_region or "us-east-1",
+            aws_access_key_id=settings.s3_access_key_id,
+            aws_secret_access_key=secret.get_secret_value() if secret else None,
+        )
+
+    def _key(self, path: str) -> str:
+        return f"{self.prefix}/{path}".strip("/") if self.prefix else path
+
+    def read_json(self, path: str) -> dict[str, Any] | None:
+        from botocore.exceptions import (  # type: ignore[import-untyped]
+            BotoCoreError,
+            ClientError,
+        )
+
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=self._key(path))["Body"].read()
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code in ("NoSuchKey", "404", "NotFound"):
+                return None
+            raise TransientError(
+                f"cannot read s3://{self.bucket}/{self._key(path)}: {code}"
+            ) from exc
+        except BotoCoreError as exc:
+            raise TransientError(
+                f"cannot read s3://{self.bucket}/{self._key(path)}: {exc}"
+            ) from exc
+        data = json.loads(body)
+        return data if isinstance(data, dict) else None
+
+    def list_children(self, path: str) -> list[str]:
+        prefix = self._key(path)
+        prefix = f"{prefix}/" if prefix else ""
+        names: list[str] = []
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix, Delimiter="/"):
+            for common in page.get("CommonPrefixes", []):
+                names.append(common["Prefix"][len(prefix) :].rstrip("/"))
+        return sorted(names)
+
+
+def open_reader(url: str, settings: Settings, client: httpx.Client) -> StoreReader:
+    parsed = urlparse(url)
+    if parsed.scheme in ("", "file"):
+        return LocalReader(Path(unquote(parsed.path) if parsed.scheme else url))
+    if parsed.scheme in ("http", "https"):
+        return HttpReader(url, client)
+    if parsed.scheme == "s3":
+        return S3Reader(parsed.netloc, parsed.path, settings)
+    raise InvalidInput(f"unsupported store URL scheme in {url!r}")
+
+
+def read_store(url: str, reader: StoreReader) -> StoreTree:
+    """Every node of the store: from consolidated metadata, else by walking the tree."""
+    root = reader.read_json(ZARR_JSON)
+    if root is None:
+        raise OutputCheckFailed(f"no Zarr v3 store at {url} (missing {ZARR_JSON})")
+    if root.get("zarr_format") != 3:
+        raise OutputCheckFailed(f"{url} is not a Zarr v3 store")
+    tree = StoreTree(url=url)
+    tree.nodes[""] = ZarrNode("", root)
+    consolidated = root.get("consolidated_metadata") or {}
+    entries = consolidated.get("metadata") if isinstance(consolidated, dict) else None
+    if isinstance(entries, dict) and entries:
+        for path, metadata in entries.items():
+            if isinstance(metadata, dict):
+                tree.nodes[path.strip("/")] = ZarrNode(path.strip("/"), metadata)
+        return tree
+    _walk(reader, "", tree)
+    return tree
+
+
+def _walk(reader: StoreReader, path: str, tree: StoreTree) -> None:
+    for name in reader.list_children(path):
+        child = f"{path}/{name}" if path else name
+        metadata = reader.read_json(f"{child}/{ZARR_JSON}")
+        if metadata is None:
+            continue
+        tree.nodes[child] = ZarrNode(child, metadata)
+        if metadata.get("node_type") == "group":
+            _walk(reader, child, tree)
+
+
+def node_exists(reader: StoreReader, path: str) -> bool:
+    """Whether the store really has a node at `path` (its own zarr.json is readable)."""
+    return reader.read_json(f"{path.strip('/')}/{ZARR_JSON}".lstrip("/")) is not None
