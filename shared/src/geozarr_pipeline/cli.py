@@ -17,6 +17,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "geozarr_pipeline.local.demo",
     "geozarr_pipeline.submit",
     "geozarr_pipeline.local.amqp_bridge",
+    "geozarr_pipeline.convert.commands",
 )
 
 
