@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import sys
@@ -21,7 +22,7 @@ from cloudevents.http import CloudEvent
 
 from geozarr_pipeline import cli
 from geozarr_pipeline.events import EventType, Stage, reply_id
-from geozarr_pipeline.local.broker import wait_for_event
+from geozarr_pipeline.local.broker import DeadLettered, wait_for_event
 from geozarr_pipeline.local.processes import ManagedProcess, free_port, http_ready
 
 REPO_TRIGGERS = Path(__file__).resolve().parents[3] / "knative" / "base" / "triggers.yaml"
@@ -87,12 +88,14 @@ class Subscriber:
                 finally:
                     with subscriber.lock:
                         subscriber.active -= 1
-                self.send_response(status)
-                for name, value in headers.items():
-                    self.send_header(name, value)
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
+                # The broker may have given up on this attempt (a delivery timeout).
+                with contextlib.suppress(ConnectionError):
+                    self.send_response(status)
+                    for name, value in headers.items():
+                        self.send_header(name, value)
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
 
         self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         self.server.daemon_threads = True
@@ -210,10 +213,14 @@ def start_broker(tmp_path: Path) -> Iterator[BrokerFactory]:
     started: list[ManagedProcess] = []
 
     def start(
-        manifests: Path, subscribers: Mapping[str, str], *extra: str, console_script: bool = False
+        manifests: Path,
+        subscribers: Mapping[str, str],
+        *extra: str,
+        console_script: bool = False,
+        state_dir: Path | None = None,
     ) -> Broker:
         port = free_port()
-        state_dir = tmp_path / f"state-{port}"
+        state_dir = state_dir or tmp_path / f"state-{port}"
         entry = (
             [str(Path(sys.executable).parent / "geozarr-pipeline"), "broker"]
             if console_script
@@ -492,6 +499,8 @@ def test_a_subscriber_that_keeps_failing_ends_in_one_dead_letter_listed_by_the_c
     sent = event(CONVERT_DONE, "doomed-1", output_url="file:///tmp/x")
     broker.send(sent)
 
+    with pytest.raises(DeadLettered, match="retries_exhausted"):
+        wait_for_event(broker.url, event_type=REGISTER_DONE, subject="doomed-1", timeout=10)
     [record] = broker.wait_dead_letters(1)
     time.sleep(0.5)
     assert len(register.attempts()) == 3
@@ -533,8 +542,11 @@ def test_status_codes_steer_retries_like_the_rabbitmq_dispatcher(
         return answer(200)
 
     register = subscribers(first_fails)
+    sink = subscribers(lambda s, r: answer(202))
     manifests = triggers_copy(tmp_path / "manifests", retry=1, backoffDelay="PT0.05S")
-    broker = start_broker(manifests, {"geozarr-register": register.url})
+    broker = start_broker(
+        manifests, {"geozarr-register": register.url, "geozarr-dead-letters": sink.url}
+    )
     retried = [404, 408, 409, 429, 500, 503]
     not_retried = [400, 403, 410, 422]
     for code in retried + not_retried:
@@ -552,6 +564,12 @@ def test_status_codes_steer_retries_like_the_rabbitmq_dispatcher(
         assert record["last_status"] == code
         assert record["attempts"] == 1
         assert f"scripted {code}" in record["response_body"]
+        assert record["sink"]["status"] == 202
+        [forwarded] = sink.attempts(f"status-{code}")
+        assert forwarded.headers["ce-knativeerrorcode"] == str(code)
+        assert forwarded.headers["ce-knativeerrordest"] == register.url
+        assert forwarded.headers["ce-id"] == record["event"]["attributes"]["id"]
+    assert len(sink.attempts()) == len(not_retried)
 
 
 def test_timeouts_and_connection_errors_are_retried(
@@ -643,3 +661,17 @@ def test_sigterm_stops_quickly_and_leaves_nothing_half_written(
     deliveries = broker.state_dir / "deliveries.jsonl"
     assert not deliveries.exists() or deliveries.read_text() == ""
     assert "local broker stopped" in broker.process.log_tail()
+
+    # A restarted broker continues the journal and still knows what it has seen.
+    register.respond = lambda s, r: answer(200)
+    again = start_broker(manifests, {"geozarr-register": register.url}, state_dir=broker.state_dir)
+    accepted = again.send(event(CONVERT_DONE, "stop-0"))
+    assert (accepted["seq"], accepted["duplicate"]) == (4, True)
+    with pytest.raises(TimeoutError):
+        wait_for_event(
+            again.url, event_type=CONVERT_DONE, subject="stop-0", after=accepted["seq"], timeout=1
+        )
+    seen = wait_for_event(
+        again.url, event_type=CONVERT_DONE, subject="stop-0", after=accepted["seq"] - 1
+    )
+    assert seen["seq"] == 4

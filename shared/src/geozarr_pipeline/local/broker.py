@@ -414,9 +414,12 @@ class LocalBroker:
             )
         ]
 
-    def dead_letters(self, query: Mapping[str, str]) -> list[dict[str, Any]]:
+    def dead_letters(self, query: Mapping[str, str], after: int = 0) -> list[dict[str, Any]]:
+        """Dead-letter records matching the query, of journal entries after seq `after`."""
         records = deadletters.list_records(self.state.state_dir)
-        return [r for r in records if matches_query(r, query)]
+        return [
+            r for r in records if int(r.get("journal_seq") or 0) > after and matches_query(r, query)
+        ]
 
     def routes_table(self) -> list[dict[str, Any]]:
         return [
@@ -570,8 +573,13 @@ def _handler_for(broker: LocalBroker) -> type[BaseHTTPRequestHandler]:
                 query = _single_values(parts.query, EVENT_QUERY_KEYS)
                 self._send_json(200, broker.events(query, after=after, wait=wait))
             elif parts.path == "/dead-letters":
+                try:
+                    after = int(parse_qs(parts.query).get("after", ["0"])[-1])
+                except ValueError:
+                    self._error(400, "bad_query", "after must be an integer")
+                    return
                 query = _single_values(parts.query, DEAD_LETTER_QUERY_KEYS)
-                self._send_json(200, broker.dead_letters(query))
+                self._send_json(200, broker.dead_letters(query, after=after))
             elif parts.path == "/deliveries":
                 query = _single_values(
                     parts.query, ("trigger", "outcome", "type", "subject", "source", "id")
@@ -607,16 +615,20 @@ def wait_for_event(
     event_type: str,
     subject: str | None = None,
     timeout: float = 600.0,
+    after: int = 0,
     fail_on_dead_letter: bool = True,
-    poll: float = 5.0,
+    poll: float = 2.0,
 ) -> dict[str, Any]:
     """Long-poll the broker's journal until an event of `event_type` (and `subject`) arrives.
 
-    With `fail_on_dead_letter`, a dead-letter record for the same subject raises DeadLettered
-    instead of waiting for the timeout.
+    Only journal entries after seq `after` count (pass the ingress answer's `seq` minus one to
+    ignore earlier runs of the same item). With `fail_on_dead_letter`, a dead-letter record
+    for the same subject raises DeadLettered instead of waiting for the timeout.
     """
     deadline = time.monotonic() + timeout
-    query = {"type": event_type, **({"subject": subject} if subject else {})}
+    query: dict[str, Any] = {"type": event_type, "after": after}
+    if subject:
+        query["subject"] = subject
     with httpx.Client(base_url=broker_url, trust_env=False, timeout=poll + 10) as client:
         while True:
             remaining = deadline - time.monotonic()
@@ -626,7 +638,9 @@ def wait_for_event(
             if entries:
                 return entries[0]
             if fail_on_dead_letter and subject:
-                dead = client.get("/dead-letters", params={"subject": subject}).raise_for_status()
+                dead = client.get(
+                    "/dead-letters", params={"subject": subject, "after": after}
+                ).raise_for_status()
                 records: list[dict[str, Any]] = dead.json()
                 if records:
                     raise DeadLettered(records[0])
