@@ -173,7 +173,7 @@ def _output_env(settings: Settings) -> dict[str, str | None]:
 
 
 @contextlib.contextmanager
-def output_environment(settings: Settings) -> Iterator[None]:
+def output_environment(settings: Settings, write_url: str) -> Iterator[None]:
     """Expose the output credentials as AWS_* for the library, only while it writes.
 
     The library builds its S3 filesystem from the environment only. Conversions in one
@@ -181,7 +181,7 @@ def output_environment(settings: Settings) -> Iterator[None]:
     by the last; s3fs's instance cache is cleared so it cannot reuse another endpoint.
     """
     global _env_users
-    if not is_s3(settings.output_root):
+    if not is_s3(write_url):
         yield
         return
     wanted = _output_env(settings)
@@ -257,7 +257,7 @@ def convert(
     library = load_library()
     token = _on_group_written.set(on_group_written)
     try:
-        with output_environment(settings), warnings.catch_warnings():
+        with output_environment(settings, write_url), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Consolidated metadata is currently not")
             library.convert_s2_optimized(
                 tree,

@@ -8,8 +8,12 @@ Output location: `{output_root}/{collection}/{item_id}.zarr`, with two siblings:
   the check the staging folder is renamed onto the final path (atomic on one filesystem),
   then the marker is written. The lease is an `flock` on the lock file, so a killed process
   releases it at once.
-- S3: the library writes under the final prefix (no rename in S3); the marker written last
-  is what makes it complete, and a retry deletes any unmarked leftovers first. The lease is
+- S3 (`convert_s3_write=staged`, the default): the library writes into a local staging
+  folder under `work_dir`, the check runs there, then the files are uploaded in parallel
+  (metadata last). Writing through s3fs directly (`direct`) costs thousands of small
+  requests (existence checks, listings) and was ~8x slower against a loopback S3 API.
+  In both modes the marker written last is what makes the store complete, and a retry
+  deletes any unmarked leftovers under the prefix first. The lease is
   a lock object created with `If-None-Match: *`, renewed with `If-Match`, and taken over
   only once expired, so two deliveries never convert the same item at once.
 """
@@ -26,6 +30,7 @@ import threading
 import time
 import uuid
 from abc import ABC, abstractmethod
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -38,6 +43,7 @@ from geozarr_pipeline.events import check_safe_id
 S3Client = Any
 
 MARKER_FORMAT = "geozarr-pipeline/convert-marker/1"
+UPLOAD_THREADS = 16
 MARKER_SUFFIX = ".done.json"
 LOCK_SUFFIX = ".lock"
 
@@ -337,6 +343,9 @@ class S3Output(OutputLocation):
         self.key = "/".join(p for p in (prefix, self.collection, f"{self.item_id}.zarr") if p)
         self.marker_key = f"{self.key}{MARKER_SUFFIX}"
         self.lock_key = f"{self.key}{LOCK_SUFFIX}"
+        self.staged = settings.convert_s3_write == "staged"
+        staging_root = settings.work_dir.resolve() / "staging" / self.collection
+        self.staging = staging_root / f"{self.item_id}.zarr.{uuid.uuid4().hex[:12]}"
         self._client: S3Client | None = None
 
     @property
@@ -351,10 +360,10 @@ class S3Output(OutputLocation):
 
     @property
     def write_url(self) -> str:
-        return self.url
+        return str(self.staging) if self.staged else self.url
 
     def storage_options(self) -> dict[str, Any] | None:
-        return s3_storage_options(self.settings)
+        return None if self.staged else s3_storage_options(self.settings)
 
     def _call(self, what: str, fn: Any, **kwargs: Any) -> Any:
         from botocore.exceptions import BotoCoreError, ClientError
@@ -411,11 +420,37 @@ class S3Output(OutputLocation):
 
     def prepare(self) -> None:
         self.clear()
+        if self.staged:
+            for leftover in self.staging.parent.glob(f"{self.item_id}.zarr.*"):
+                shutil.rmtree(leftover, ignore_errors=True)
+            self.staging.parent.mkdir(parents=True, exist_ok=True)
 
     def publish(self) -> None:
-        """Nothing to move: the marker written next is what publishes the store."""
+        """Upload the staged store (metadata last); direct writes are already in place.
+
+        Either way the marker written next is what makes the store complete.
+        """
+        if not self.staged:
+            return
+        files = [p for p in self.staging.rglob("*") if p.is_file()]
+        metadata = [p for p in files if p.name in ("zarr.json", ".zattrs", ".zgroup")]
+        data = [p for p in files if p.name not in ("zarr.json", ".zattrs", ".zgroup")]
+        # Deepest metadata first, so the root zarr.json appears last.
+        metadata.sort(key=lambda p: len(p.relative_to(self.staging).parts), reverse=True)
+        with ThreadPoolExecutor(max_workers=UPLOAD_THREADS) as pool:
+            list(pool.map(self._upload, data))
+        for path in metadata:
+            self._upload(path)
+        shutil.rmtree(self.staging, ignore_errors=True)
+
+    def _upload(self, path: Path) -> None:
+        key = f"{self.key}/{path.relative_to(self.staging).as_posix()}"
+        with path.open("rb") as body:
+            self._call("upload", self.client.put_object, Bucket=self.bucket, Key=key, Body=body)
 
     def discard(self) -> None:
+        if self.staged:
+            shutil.rmtree(self.staging, ignore_errors=True)
         self.clear()
 
     def write_marker(self, marker: dict[str, Any]) -> None:
