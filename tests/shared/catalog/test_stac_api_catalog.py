@@ -1,0 +1,298 @@
+"""The STAC API backend against a real stac-fastapi-pgstac (Transactions) on loopback."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import logging
+import threading
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from geozarr_pipeline.catalog import open_catalog
+from geozarr_pipeline.catalog.stac_api import StacApiCatalog
+from geozarr_pipeline.config import Settings
+from geozarr_pipeline.errors import TransientError, UpstreamRejected, status_code_for
+from geozarr_pipeline.local.processes import LOOPBACK, free_port
+from tests.fixtures.stac_api import FaultProxy, StacApiInfo
+
+
+def _item(collection: str, item_id: str, title: str = "first") -> dict[str, Any]:
+    return {
+        "type": "Feature",
+        "stac_version": "1.1.0",
+        "id": item_id,
+        "collection": collection,
+        "geometry": {
+            "type": "Polygon",
+            "coordinates": [[[1.0, 2.0], [1.5, 2.0], [1.5, 2.5], [1.0, 2.5], [1.0, 2.0]]],
+        },
+        "bbox": [1.0, 2.0, 1.5, 2.5],
+        "properties": {"datetime": "2025-01-01T00:00:00Z", "title": title},
+        "links": [{"rel": "derived_from", "href": "http://source/item"}],
+        "assets": {"reflectance": {"href": "/data/x.zarr/measurements/reflectance"}},
+    }
+
+
+def _catalog(url: str, **settings: Any) -> StacApiCatalog:
+    catalog = open_catalog(
+        Settings(
+            catalog_backend="stac-api", stac_api_url=url, stac_api_backoff_seconds=0.01, **settings
+        )
+    )
+    assert isinstance(catalog, StacApiCatalog)
+    return catalog
+
+
+def _collection() -> str:
+    return f"test-{uuid.uuid4().hex[:8]}"
+
+
+def test_collection_created_on_first_use(stac_api: StacApiInfo) -> None:
+    collection = _collection()
+    assert httpx.get(f"{stac_api.url}/collections/{collection}").status_code == 404
+    catalog = _catalog(stac_api.url)
+    url = catalog.put_item(_item(collection, "a"), "create-or-skip")
+    assert url == f"{stac_api.url}/collections/{collection}/items/a"
+    created = httpx.get(f"{stac_api.url}/collections/{collection}").json()
+    assert created["id"] == collection
+    assert created["license"]
+    assert httpx.get(url).json()["properties"]["title"] == "first"
+
+
+def test_create_skip_upsert_replace(stac_api: StacApiInfo) -> None:
+    collection = _collection()
+    catalog = _catalog(stac_api.url)
+    catalog.put_item(_item(collection, "b", "first"), "create-or-skip")
+    catalog.put_item(_item(collection, "b", "second"), "create-or-skip")
+    assert catalog.get_item(collection, "b")["properties"]["title"] == "first"
+
+    augmented = catalog.get_item(collection, "b")
+    augmented["assets"]["thumbnail"] = {"href": "http://tiles/p.png", "roles": ["thumbnail"]}
+    augmented["links"].append({"rel": "viewer", "href": "http://tiles/viewer"})
+    catalog.put_item(augmented, "upsert")
+
+    catalog.put_item(_item(collection, "b", "third"), "upsert")
+    upserted = catalog.get_item(collection, "b")
+    assert upserted["properties"]["title"] == "third"
+    assert "thumbnail" in upserted["assets"]
+    assert any(link["rel"] == "viewer" for link in upserted["links"])
+
+    catalog.put_item(_item(collection, "b", "fourth"), "replace")
+    replaced = catalog.get_item(collection, "b")
+    assert replaced["properties"]["title"] == "fourth"
+    assert "thumbnail" not in replaced["assets"]
+    assert not any(link["rel"] == "viewer" for link in replaced["links"])
+    found = httpx.get(f"{stac_api.url}/collections/{collection}/items").json()["features"]
+    assert [f["id"] for f in found] == ["b"]
+
+
+def test_upsert_never_deletes(stac_api: StacApiInfo) -> None:
+    """An update is one PUT: no DELETE is ever sent, so readers never see the item missing."""
+    proxy = FaultProxy(stac_api.url)
+    try:
+        collection = _collection()
+        catalog = _catalog(proxy.url)
+        catalog.put_item(_item(collection, "c"), "upsert")
+        catalog.put_item(_item(collection, "c", "again"), "upsert")
+        catalog.put_item(_item(collection, "c", "replaced"), "replace")
+        methods = [method for method, _path, _status in proxy.seen]
+        assert "DELETE" not in methods
+        assert methods.count("PUT") == 2
+    finally:
+        proxy.close()
+
+
+def test_flaky_api_succeeds_after_retries(stac_api: StacApiInfo) -> None:
+    proxy = FaultProxy(stac_api.url)
+    try:
+        collection = _collection()
+        catalog = _catalog(proxy.url)
+        catalog.ensure_collection(collection)
+        proxy.failures = [("POST", 503), ("POST", 502)]
+        catalog.put_item(_item(collection, "d"), "create-or-skip")
+        posts = [s for m, _p, s in proxy.seen if m == "POST"]
+        assert posts[-3:] == [503, 502, 201]
+        assert catalog.get_item(collection, "d")["id"] == "d"
+    finally:
+        proxy.close()
+
+
+def test_persistent_5xx_is_transient(stac_api: StacApiInfo) -> None:
+    proxy = FaultProxy(stac_api.url)
+    try:
+        collection = _collection()
+        catalog = _catalog(proxy.url, stac_api_retries=2)
+        catalog.ensure_collection(collection)
+        proxy.failures = [("POST", 500)] * 3
+        with pytest.raises(TransientError) as excinfo:
+            catalog.put_item(_item(collection, "e"), "create-or-skip")
+        assert status_code_for(excinfo.value) == 503
+    finally:
+        proxy.close()
+
+
+def test_400_is_not_retried_and_carries_the_api_message(stac_api: StacApiInfo) -> None:
+    proxy = FaultProxy(stac_api.url)
+    try:
+        collection = _collection()
+        catalog = _catalog(proxy.url)
+        catalog.ensure_collection(collection)
+        proxy.failures = [("POST", 400)]
+        before = len(proxy.seen)
+        with pytest.raises(UpstreamRejected) as excinfo:
+            catalog.put_item(_item(collection, "f"), "create-or-skip")
+        assert status_code_for(excinfo.value) == 422
+        assert "injected 400" in excinfo.value.message
+        assert [m for m, _p, _s in proxy.seen[before:]] == ["POST"]
+    finally:
+        proxy.close()
+
+
+def test_real_api_rejection_is_permanent(stac_api: StacApiInfo) -> None:
+    collection = _collection()
+    catalog = _catalog(stac_api.url)
+    bad = _item(collection, "g")
+    bad["geometry"] = {"type": "Polygon", "coordinates": "nope"}
+    with pytest.raises(UpstreamRejected):
+        catalog.put_item(bad, "create-or-skip")
+
+
+def test_bearer_token(stac_api: StacApiInfo, caplog: pytest.LogCaptureFixture) -> None:
+    token = f"tok-{uuid.uuid4().hex}"
+    proxy = FaultProxy(stac_api.url, required_token=token)
+    try:
+        collection = _collection()
+        with pytest.raises(UpstreamRejected):
+            _catalog(proxy.url).put_item(_item(collection, "h"), "create-or-skip")
+        caplog.set_level(logging.DEBUG)
+        _catalog(proxy.url, stac_api_token=token).put_item(_item(collection, "h"), "upsert")
+        assert httpx.get(f"{stac_api.url}/collections/{collection}/items/h").status_code == 200
+        assert token not in caplog.text
+    finally:
+        proxy.close()
+
+
+class TokenEndpoint:
+    """A tiny OIDC token endpoint: client credentials in, short-lived bearer tokens out."""
+
+    def __init__(self, client_id: str, secret: str, lifetime: int) -> None:
+        self.issued: list[str] = []
+        endpoint = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: object) -> None:
+                return None
+
+            def do_POST(self) -> None:
+                import base64
+
+                length = int(self.headers.get("Content-Length") or 0)
+                form = self.rfile.read(length).decode()
+                expected = base64.b64encode(f"{client_id}:{secret}".encode()).decode()
+                ok = self.headers.get("Authorization") == f"Basic {expected}"
+                if not ok or "grant_type=client_credentials" not in form:
+                    self.send_response(401)
+                    self.end_headers()
+                    return
+                token = f"oidc-{uuid.uuid4().hex}"
+                endpoint.issued.append(token)
+                body = json.dumps(
+                    {"access_token": token, "token_type": "Bearer", "expires_in": lifetime}
+                ).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = http.server.ThreadingHTTPServer((LOOPBACK, free_port()), Handler)
+        self.url = f"http://{LOOPBACK}:{self.server.server_address[1]}/token"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class TokenCheckingProxy(FaultProxy):
+    """Accepts only the tokens the endpoint has issued."""
+
+    def __init__(self, upstream: str, endpoint: TokenEndpoint) -> None:
+        super().__init__(upstream)
+        self.endpoint = endpoint
+
+    def answer(
+        self, method: str, path: str, headers: dict[str, str], body: bytes
+    ) -> tuple[int, bytes, str]:
+        auth = headers.get("Authorization", "")
+        if auth.removeprefix("Bearer ") not in self.endpoint.issued:
+            return 401, b'{"detail": "bad token"}', "application/json"
+        return super().answer(method, path, headers, body)
+
+
+@pytest.fixture
+def oidc(stac_api: StacApiInfo) -> Iterator[tuple[TokenEndpoint, TokenCheckingProxy]]:
+    endpoint = TokenEndpoint("register", "s3cr3t-value", lifetime=3600)
+    proxy = TokenCheckingProxy(stac_api.url, endpoint)
+    yield endpoint, proxy
+    proxy.close()
+    endpoint.close()
+
+
+def test_oidc_client_credentials_cached_and_never_logged(
+    oidc: tuple[TokenEndpoint, TokenCheckingProxy], caplog: pytest.LogCaptureFixture
+) -> None:
+    endpoint, proxy = oidc
+    caplog.set_level(logging.DEBUG)
+    catalog = _catalog(
+        proxy.url,
+        oidc_token_url=endpoint.url,
+        oidc_client_id="register",
+        oidc_client_secret="s3cr3t-value",
+    )
+    collection = _collection()
+    catalog.put_item(_item(collection, "i"), "upsert")
+    catalog.put_item(_item(collection, "i", "again"), "upsert")
+    assert len(endpoint.issued) == 1, "the token is cached across requests"
+    assert catalog.get_item(collection, "i")["properties"]["title"] == "again"
+    for secret in [*endpoint.issued, "s3cr3t-value"]:
+        assert secret not in caplog.text
+        assert secret not in repr(catalog)
+
+
+def test_oidc_token_refreshed_before_expiry(
+    oidc: tuple[TokenEndpoint, TokenCheckingProxy],
+) -> None:
+    from geozarr_pipeline.catalog.auth import OidcClientCredentials
+
+    endpoint, _proxy = oidc
+    now = [1000.0]
+    with httpx.Client() as client:
+        auth = OidcClientCredentials(
+            token_url=endpoint.url,
+            client_id="register",
+            client_secret="s3cr3t-value",
+            client=client,
+            clock=lambda: now[0],
+        )
+        first = auth.headers()
+        now[0] += 60
+        assert auth.headers() == first
+        now[0] += 3600 * 0.8  # past 80 % of the lifetime, still before expiry
+        second = auth.headers()
+    assert second != first
+    assert len(endpoint.issued) == 2
+
+
+def test_oidc_wrong_secret_is_permanent(oidc: tuple[TokenEndpoint, TokenCheckingProxy]) -> None:
+    endpoint, proxy = oidc
+    catalog = _catalog(
+        proxy.url, oidc_token_url=endpoint.url, oidc_client_id="register", oidc_client_secret="x"
+    )
+    with pytest.raises(UpstreamRejected):
+        catalog.put_item(_item(_collection(), "j"), "upsert")
