@@ -34,6 +34,23 @@ SPECTRA: dict[str, tuple[float, float, float, float, float]] = {
     "b12": (0.120, 0.280, 0.002, 0.30, 0.05),
 }
 
+# Top-of-atmosphere path reflectance added to the surface for L1C (Rayleigh + aerosols).
+PATH_REFLECTANCE: dict[str, float] = {
+    "b01": 0.090,
+    "b02": 0.070,
+    "b03": 0.045,
+    "b04": 0.030,
+    "b05": 0.025,
+    "b06": 0.020,
+    "b07": 0.018,
+    "b08": 0.015,
+    "b8a": 0.014,
+    "b09": 0.008,
+    "b10": 0.002,
+    "b11": 0.005,
+    "b12": 0.003,
+}
+
 # Scene Classification (SCL) codes of the L2A product.
 SCL_NO_DATA = 0
 SCL_CLOUD_SHADOWS = 3
@@ -76,8 +93,14 @@ class Noise:
             n = lattice.shape[0] - 1
             iy, fy = _cell(v, n)
             ix, fx = _cell(u, n)
-            rows = lattice[iy, :] * (1 - fy)[:, None] + lattice[iy + 1, :] * fy[:, None]
-            out += weight * (rows[:, ix] * (1 - fx) + rows[:, ix + 1] * fx)
+            # Interpolate along x only the few lattice rows this strip touches, then along y
+            # by whole-row gathers (contiguous, much cheaper than per-pixel column gathers).
+            j0 = int(iy.min())
+            sub = lattice[j0 : int(iy.max()) + 2, :]
+            across = sub[:, ix] * (1 - fx) + sub[:, ix + 1] * fx
+            out += weight * (
+                across[iy - j0] * (1 - fy)[:, None] + across[iy + 1 - j0] * fy[:, None]
+            )
         return out
 
 
@@ -190,10 +213,16 @@ class Strip:
     def haze(self) -> F32:
         return self.scene.atmosphere.sample(self.u, self.v)
 
-    def reflectance(self, band: str) -> F32:
-        """Reflectance 0..1 of a band, NaN outside the swath."""
-        if band in self._cache:
-            return self._cache[band]
+    def reflectance(self, band: str, *, toa: bool = False) -> F32:
+        """Reflectance 0..1 of a band (surface, or top of atmosphere), NaN outside the swath."""
+        key = f"{band}:toa" if toa else band
+        if key in self._cache:
+            return self._cache[key]
+        if toa:
+            path = PATH_REFLECTANCE.get(band, 0.02) * (0.8 + 0.4 * self.haze)
+            top = self.reflectance(band) + path * (1 - self.cloud)
+            self._cache[key] = top.astype(np.float32)
+            return self._cache[key]
         veg, soil, water, cloud, snow = SPECTRA.get(band, SPECTRA["b04"])
         texture = 0.8 + 0.4 * self.terrain
         land = (veg * self.vegetation + soil * (1 - self.vegetation)) * texture
@@ -202,7 +231,7 @@ class Strip:
         surface = np.where(self.shadow, surface * 0.45, surface)
         result = (surface * (1 - self.cloud) + cloud * self.cloud).astype(np.float32)
         result[self.nodata] = np.nan
-        self._cache[band] = result
+        self._cache[key] = result
         return result
 
     def scl(self) -> npt.NDArray[np.uint8]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import os
 import shutil
+import zlib
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -71,7 +72,9 @@ def synthesize_product(
     """
     spec = load_hierarchy(hierarchy)
     plan = plan_scale(spec, scale)
-    scene = Scene.create(seed)
+    # Each product gets its own landscape for a given seed.
+    product_id = str(spec.get("attributes", {}).get("stac_discovery", {}).get("id", ""))
+    scene = Scene.create(seed + zlib.crc32(product_id.encode()))
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     partial = output.parent / f".{output.name}.partial-{os.getpid()}"
@@ -276,15 +279,24 @@ class _Context:
             float(coords[:, 1].max()),
         )
 
+    @property
+    def mean_sun_angles(self) -> tuple[float, float]:
+        """(zenith, azimuth) in degrees, as the product metadata states them."""
+        other = self.spec["attributes"].get("other_metadata", {})
+        zenith = other.get("mean_sun_zenith_angle_in_deg_for_all_bands_all_detectors", 47.0)
+        azimuth = other.get("mean_sun_azimuth_angle_in_deg_for_all_bands_all_detectors", 161.0)
+        return float(zenith), float(azimuth)
+
     def raster_values(self, path: str, node: dict[str, Any], strip: Strip) -> npt.NDArray[Any]:
         parts = path.split("/")
         name = parts[-1]
         dtype = np.dtype(node["dtype"])
         attrs = node["attributes"]
+        toa = self.level.upper() == "L1C"
         if parts[0] == "measurements":
-            return _digital_numbers(strip.reflectance(name), attrs, dtype)
+            return _digital_numbers(strip.reflectance(name, toa=toa), attrs, dtype)
         if name == "tci":
-            bands = [_tci(strip.reflectance(b)) for b in ("b04", "b03", "b02")]
+            bands = [_tci(strip.reflectance(b, toa=toa)) for b in ("b04", "b03", "b02")]
             stacked = np.stack(bands[: int(node["shape"][0])])
             return stacked.astype(dtype)
         if name == "scl":
@@ -340,14 +352,16 @@ class _Context:
             return np.linspace(west - 0.125, east + 0.125, shape[0]).astype(dtype)
         if not shape:
             return np.zeros((), dtype=dtype)
-        return self._field(name, shape).astype(dtype)
+        return self._field(name, shape, dims(node)).astype(dtype)
 
     def _angle_grid_axis(self, name: str, n: int) -> npt.NDArray[np.float64]:
         bbox = self.spec["attributes"]["stac_discovery"]["properties"]["proj:bbox"]
         step = np.arange(n, dtype=np.float64) * ANGLE_GRID_STEP
         return float(bbox[0]) + step if name == "x" else float(bbox[3]) - step
 
-    def _field(self, name: str, shape: tuple[int, ...]) -> npt.NDArray[np.float64]:
+    def _field(
+        self, name: str, shape: tuple[int, ...], names: list[str]
+    ) -> npt.NDArray[np.float64]:
         """A smooth field over the last two axes, at a level typical for the variable."""
         levels = {
             "msl": (101_500.0, 300.0),
@@ -363,24 +377,29 @@ class _Context:
         elif name in levels:
             base, amp = levels[name]
         elif name in ("sun_angles", "mean_sun_angles"):
-            return self._angles(shape, (47.0, 161.0), (1.5, 2.0))
+            return _angles(shape, names, self.mean_sun_angles, (1.5, 2.0))
         elif name in ("viewing_incidence_angles", "mean_viewing_incidence_angles"):
-            return self._angles(shape, (6.0, 203.0), (4.0, 80.0))
+            return _angles(shape, names, (6.0, 203.0), (4.0, 80.0))
         else:
             base, amp = (0.0, 1.0)
         return base + amp * _gradient(shape)
 
-    def _angles(
-        self, shape: tuple[int, ...], base: tuple[float, float], amp: tuple[float, float]
-    ) -> npt.NDArray[np.float64]:
-        angle_axis = next(i for i, n in enumerate(shape) if n == 2)
-        out = np.empty(shape, dtype=np.float64)
-        for k in range(2):
-            index: list[slice | int] = [slice(None)] * len(shape)
-            index[angle_axis] = k
-            sub_shape = out[tuple(index)].shape
-            out[tuple(index)] = base[k] + amp[k] * _gradient(sub_shape)
-        return out
+
+def _angles(
+    shape: tuple[int, ...],
+    names: list[str],
+    base: tuple[float, float],
+    amp: tuple[float, float],
+) -> npt.NDArray[np.float64]:
+    """(zenith, azimuth) along the `angle` dimension, each a gentle west-east gradient."""
+    angle_axis = names.index("angle") if "angle" in names else len(shape) - 1
+    out = np.empty(shape, dtype=np.float64)
+    for k in range(min(2, shape[angle_axis])):
+        index: list[slice | int] = [slice(None)] * len(shape)
+        index[angle_axis] = k
+        sub_shape = out[tuple(index)].shape
+        out[tuple(index)] = base[k] + amp[k] * _gradient(sub_shape)
+    return out
 
 
 def _gradient(shape: tuple[int, ...]) -> npt.NDArray[np.float64]:
