@@ -1,0 +1,370 @@
+"""The local counterpart of the RabbitmqSource: AMQP messages in, CloudEvents to the broker.
+
+    python -m geozarr_pipeline.local.amqp_bridge --amqp-url amqp://guest:guest@127.0.0.1:5672/%2F \\
+        --broker-url http://127.0.0.1:8080 [--health-port N]
+
+Declares a durable queue bound to the `geozarr` topic exchange with `eopf.items.*` and turns
+each message into a CloudEvent as eventing-rabbitmq's source does: a message without `ce-*`
+headers becomes `dev.knative.rabbitmq.event` with a random id and the body as data; a message
+with `ce-*` headers passes its CloudEvent through unchanged. The event is POSTed in binary
+mode to the broker ingress; the message is acknowledged once the broker accepted it, rejected
+without requeue (one clear log line) when it is not valid, so the queue never blocks, and
+requeued when the broker is unreachable after a few tries.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import FrameType
+from typing import Any
+
+import httpx
+import pika
+import pika.exceptions
+from pika.adapters.blocking_connection import BlockingChannel
+from pika.spec import Basic, BasicProperties
+
+from geozarr_pipeline.events import SPEC_VERSION, EventType
+from geozarr_pipeline.logs import configure_logging
+
+log = logging.getLogger(__name__)
+
+DEFAULT_EXCHANGE = "geozarr"
+DEFAULT_QUEUE = "geozarr-items-local"
+DEFAULT_ROUTING_KEYS = ("eopf.items.*",)
+DEFAULT_SOURCE = "/apis/v1/namespaces/local/rabbitmqsources/geozarr-items"
+REQUIRED = ("specversion", "id", "source", "type")
+# Prefixes under which publishers put CloudEvent attributes in AMQP headers: eventing-rabbitmq
+# uses ce-; the CloudEvents AMQP binding uses cloudEvents: (or cloudEvents_).
+HEADER_PREFIXES = ("ce-", "ce_", "cloudevents:", "cloudevents_")
+STRUCTURED = "application/cloudevents+json"
+
+
+class InvalidMessage(ValueError):
+    """A message that can never become an event: rejected without requeue."""
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """The binary-mode HTTP request for one message."""
+
+    headers: dict[str, str]
+    body: bytes
+    event_id: str
+    event_type: str
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode("utf-8", errors="replace")
+    return str(value)
+
+
+def ce_attributes(headers: Mapping[str, Any] | None) -> dict[str, str]:
+    """CloudEvent attributes carried in AMQP headers, by attribute name."""
+    found: dict[str, str] = {}
+    for key, value in (headers or {}).items():
+        lowered = key.lower()
+        for prefix in HEADER_PREFIXES:
+            if lowered.startswith(prefix) and len(lowered) > len(prefix):
+                found[lowered[len(prefix) :]] = _text(value)
+                break
+    return found
+
+
+def to_event(properties: BasicProperties, body: bytes, *, source: str = DEFAULT_SOURCE) -> Outgoing:
+    """Translate one AMQP message, or raise InvalidMessage naming what is wrong."""
+    content_type = (properties.content_type or "").strip()
+    attributes = ce_attributes(properties.headers)
+    if not attributes and content_type.lower().startswith(STRUCTURED):
+        try:
+            envelope = json.loads(body)
+        except ValueError as exc:
+            raise InvalidMessage(f"structured CloudEvent body is not JSON: {exc}") from exc
+        if not isinstance(envelope, dict):
+            raise InvalidMessage("structured CloudEvent body is not a JSON object")
+        missing = [a for a in REQUIRED if not envelope.get(a)]
+        if missing:
+            raise InvalidMessage(f"structured CloudEvent lacks {', '.join(missing)}")
+        return Outgoing(
+            {"content-type": content_type}, body, str(envelope["id"]), str(envelope["type"])
+        )
+    if attributes:
+        missing = [a for a in REQUIRED if not attributes.get(a)]
+        if missing:
+            raise InvalidMessage(f"ce-* headers lack {', '.join(missing)}")
+        if attributes["specversion"] != SPEC_VERSION:
+            raise InvalidMessage(f"unsupported ce-specversion {attributes['specversion']!r}")
+        headers = {f"ce-{k}": v for k, v in attributes.items() if k != "datacontenttype"}
+        headers["content-type"] = (
+            attributes.get("datacontenttype") or content_type or "application/json"
+        )
+        return Outgoing(headers, body, attributes["id"], attributes["type"])
+    # A plain message: what operators publish. Its body must be the JSON object convert takes.
+    try:
+        data = json.loads(body)
+    except ValueError as exc:
+        raise InvalidMessage(f"body is not JSON ({exc}) and there are no ce-* headers") from exc
+    if not isinstance(data, dict):
+        raise InvalidMessage("body is not a JSON object and there are no ce-* headers")
+    event_id = str(uuid.uuid4())
+    headers = {
+        "ce-specversion": SPEC_VERSION,
+        "ce-id": event_id,
+        "ce-source": source,
+        "ce-type": EventType.RABBITMQ_MESSAGE.value,
+        "content-type": "application/json",
+    }
+    return Outgoing(headers, body, event_id, EventType.RABBITMQ_MESSAGE.value)
+
+
+class Bridge:
+    """Consume the queue, post to the broker, ack/reject; stop() from any thread."""
+
+    def __init__(
+        self,
+        amqp_url: str,
+        broker_url: str,
+        *,
+        exchange: str = DEFAULT_EXCHANGE,
+        queue: str = DEFAULT_QUEUE,
+        routing_keys: Sequence[str] = DEFAULT_ROUTING_KEYS,
+        source: str = DEFAULT_SOURCE,
+        prefetch: int = 1,
+        post_attempts: int = 5,
+        post_timeout: float = 30.0,
+    ) -> None:
+        self.amqp_url = amqp_url
+        self.broker_url = broker_url
+        self.exchange = exchange
+        self.queue = queue
+        self.routing_keys = tuple(routing_keys)
+        self.source = source
+        self.prefetch = prefetch
+        self.post_attempts = post_attempts
+        self.stopping = threading.Event()
+        self.consuming = threading.Event()
+        self.counts = {"forwarded": 0, "rejected": 0, "requeued": 0}
+        self._client = httpx.Client(timeout=post_timeout, trust_env=False)
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def _declare(self, channel: BlockingChannel) -> None:
+        channel.exchange_declare(self.exchange, exchange_type="topic", durable=True)
+        channel.queue_declare(self.queue, durable=True)
+        for key in self.routing_keys:
+            channel.queue_bind(self.queue, self.exchange, routing_key=key)
+        channel.basic_qos(prefetch_count=self.prefetch)
+
+    def _post(self, outgoing: Outgoing) -> int | None:
+        """The broker's status, retrying connection errors and 5xx; None if never reached."""
+        status: int | None = None
+        for attempt in range(1, self.post_attempts + 1):
+            try:
+                response = self._client.post(
+                    self.broker_url, headers=outgoing.headers, content=outgoing.body
+                )
+                status = response.status_code
+                if status < 500:
+                    if status >= 400:
+                        log.error(
+                            "message rejected: the broker refused the event",
+                            extra={
+                                "event_id": outgoing.event_id,
+                                "status": status,
+                                "answer": response.text[:300],
+                            },
+                        )
+                    return status
+            except httpx.HTTPError as exc:
+                log.warning(
+                    "broker unreachable",
+                    extra={"attempt": attempt, "error": str(exc), "broker_url": self.broker_url},
+                )
+            if self.stopping.wait(min(0.2 * 2**attempt, 5.0)):
+                break
+        return status
+
+    def on_message(
+        self,
+        channel: BlockingChannel,
+        method: Basic.Deliver,
+        properties: BasicProperties,
+        body: bytes,
+    ) -> None:
+        context = {
+            "routing_key": method.routing_key,
+            "delivery_tag": method.delivery_tag,
+            "message_id": properties.message_id,
+        }
+        try:
+            outgoing = to_event(properties, body, source=self.source)
+        except InvalidMessage as exc:
+            log.error(
+                f"message rejected (not requeued): {exc}",
+                extra={
+                    **context,
+                    "reason": str(exc),
+                    "body_head": body[:200].decode(errors="replace"),
+                },
+            )
+            channel.basic_reject(method.delivery_tag, requeue=False)
+            self.counts["rejected"] += 1
+            return
+        status = self._post(outgoing)
+        if status is not None and 200 <= status < 300:
+            channel.basic_ack(method.delivery_tag)
+            self.counts["forwarded"] += 1
+            log.info(
+                "message forwarded",
+                extra={**context, "event_id": outgoing.event_id, "event_type": outgoing.event_type},
+            )
+        elif status is not None and 400 <= status < 500:
+            channel.basic_reject(method.delivery_tag, requeue=False)
+            self.counts["rejected"] += 1
+        else:
+            channel.basic_nack(method.delivery_tag, requeue=True)
+            self.counts["requeued"] += 1
+            log.warning("message requeued: broker unavailable", extra={**context, "status": status})
+
+    def run(self) -> None:
+        """Consume until stop(); reconnect after a lost connection."""
+        while not self.stopping.is_set():
+            try:
+                connection = pika.BlockingConnection(pika.URLParameters(self.amqp_url))
+            except pika.exceptions.AMQPConnectionError as exc:
+                log.warning("cannot connect to RabbitMQ; retrying", extra={"error": repr(exc)})
+                self.stopping.wait(1.0)
+                continue
+            try:
+                channel = connection.channel()
+                self._declare(channel)
+                channel.basic_consume(self.queue, self.on_message, auto_ack=False)
+                self.consuming.set()
+                log.info(
+                    "amqp bridge consuming",
+                    extra={
+                        "exchange": self.exchange,
+                        "queue": self.queue,
+                        "routing_keys": list(self.routing_keys),
+                        "broker_url": self.broker_url,
+                    },
+                )
+                while not self.stopping.is_set():
+                    connection.process_data_events(time_limit=0.2)
+            except pika.exceptions.AMQPError as exc:
+                log.warning("RabbitMQ connection lost; reconnecting", extra={"error": repr(exc)})
+                self.stopping.wait(1.0)
+            finally:
+                self.consuming.clear()
+                if connection.is_open:
+                    connection.close()
+        self._client.close()
+
+
+def _serve_health(bridge: Bridge, host: str, port: int) -> ThreadingHTTPServer:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            log.debug("http %s", format % args)
+
+        def do_GET(self) -> None:
+            ready = bridge.consuming.is_set()
+            body = json.dumps({"consuming": ready, **bridge.counts}).encode()
+            self.send_response(200 if ready and self.path == "/healthz" else 503)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--amqp-url", required=True, help="e.g. amqp://guest:guest@127.0.0.1:5672/%%2F"
+    )
+    parser.add_argument("--broker-url", required=True, help="the local broker's ingress URL")
+    parser.add_argument("--exchange", default=DEFAULT_EXCHANGE)
+    parser.add_argument("--queue", default=DEFAULT_QUEUE)
+    parser.add_argument(
+        "--routing-key",
+        action="append",
+        default=None,
+        help=f"binding key (repeatable; default {', '.join(DEFAULT_ROUTING_KEYS)})",
+    )
+    parser.add_argument("--source", default=DEFAULT_SOURCE, help="ce-source of plain messages")
+    parser.add_argument("--prefetch", type=int, default=1)
+    parser.add_argument("--host", default="127.0.0.1", help="health endpoint address")
+    parser.add_argument(
+        "--health-port",
+        type=int,
+        default=None,
+        help="serve GET /healthz (200 once consuming) on this port",
+    )
+    parser.add_argument("--log-level", default="INFO")
+
+
+def run(args: argparse.Namespace) -> int:
+    configure_logging(args.log_level)
+    bridge = Bridge(
+        args.amqp_url,
+        args.broker_url,
+        exchange=args.exchange,
+        queue=args.queue,
+        routing_keys=args.routing_key or DEFAULT_ROUTING_KEYS,
+        source=args.source,
+        prefetch=args.prefetch,
+    )
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        bridge.stop()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
+    server = _serve_health(bridge, args.host, args.health_port) if args.health_port else None
+    started = time.monotonic()
+    try:
+        bridge.run()
+    finally:
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+    log.info(
+        "amqp bridge stopped",
+        extra={**bridge.counts, "uptime_s": round(time.monotonic() - started, 1)},
+    )
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "amqp-bridge", help="feed the local broker from the geozarr AMQP exchange"
+    )
+    add_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m geozarr_pipeline.local.amqp_bridge",
+        description="Local counterpart of the RabbitmqSource: AMQP messages to the local broker.",
+    )
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
