@@ -6,4 +6,5 @@ pytest_plugins = [
     "tests.fixtures.stac_api",
     "tests.fixtures.rabbitmq",
     "tests.fixtures.stack",
+    "tests.fixtures.visual",
 ]

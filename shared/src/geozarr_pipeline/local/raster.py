@@ -48,12 +48,12 @@ from titiler.core.models.mapbox import TileJSON
 from titiler.core.resources.enums import ImageType
 from titiler.xarray.dependencies import DatasetParams, PartFeatureParams, PreviewParams
 
-from geozarr_pipeline.catalog import Catalog
+from geozarr_pipeline.catalog import Catalog, open_catalog
 from geozarr_pipeline.config import Settings
 from geozarr_pipeline.errors import PipelineError, SourceNotFound, status_code_for
 from geozarr_pipeline.local.geozarr_reader import GeoZarrReader, ItemSource, StoreOpener
 from geozarr_pipeline.visual.encoding import with_query
-from geozarr_pipeline.visual.item import default_rendering, find_reflectance_asset, split_zarr_href
+from geozarr_pipeline.visual.item import PRODUCT_KEY, default_rendering, store_root
 from geozarr_pipeline.visual.links import DEFAULT_TMS
 from geozarr_pipeline.visual.rendering import render_query
 
@@ -72,42 +72,22 @@ def tile_matrix_set(identifier: str) -> morecantile.TileMatrixSet:
     return SUPPORTED_TMS.get(identifier)
 
 
-def _open_catalog(settings: Settings) -> Catalog:
-    from geozarr_pipeline.catalog import open_catalog  # type: ignore[attr-defined]
-
-    catalog: Catalog = open_catalog(settings)
-    return catalog
-
-
 def store_url_for(item: dict[str, Any], settings: Settings) -> str:
     """Where the item's GeoZarr store is, as this server can read it.
 
-    Prefers the `store` link, then the reflectance asset, then any Zarr asset. A public
-    https href under GEOZARR_PUBLIC_BASE_URL is mapped back to GEOZARR_OUTPUT_ROOT.
+    A public https href under GEOZARR_PUBLIC_BASE_URL is mapped back to GEOZARR_OUTPUT_ROOT;
+    otherwise an `s3` alternate of the product asset is preferred to a public href.
     """
-    href = next(
-        (str(link["href"]) for link in item.get("links") or [] if link.get("rel") == "store"),
-        None,
-    )
-    if href is None:
-        try:
-            key, _ = find_reflectance_asset(item)
-            href = str(item["assets"][key]["href"])
-        except PipelineError:
-            href = next(
-                (
-                    str(asset["href"])
-                    for asset in (item.get("assets") or {}).values()
-                    if ".zarr" in str(asset.get("href", ""))
-                ),
-                None,
-            )
-    if href is None:
+    store = store_root(item)
+    if store is None:
         raise SourceNotFound(f"item {item.get('id')!r} has no Zarr asset or store link")
-    store, _ = split_zarr_href(href)
     public = (settings.public_base_url or "").rstrip("/")
-    if public and store.startswith(public + "/"):
-        store = settings.output_root.rstrip("/") + store[len(public) :]
+    if public and (store == public or store.startswith(public + "/")):
+        return settings.output_root.rstrip("/") + store[len(public) :]
+    product = (item.get("assets") or {}).get(PRODUCT_KEY) or {}
+    alternate = ((product.get("alternate") or {}).get("s3") or {}).get("href")
+    if alternate and urlparse(store).scheme in ("http", "https"):
+        return str(alternate).rstrip("/")
     return store
 
 
@@ -288,7 +268,7 @@ def create_app(settings: Settings, catalog: Catalog | None = None) -> FastAPI:
     """The raster API for the catalog that `settings` selects (or the one passed in)."""
     resolver = ItemResolver(
         settings=settings,
-        catalog=catalog if catalog is not None else _open_catalog(settings),
+        catalog=catalog if catalog is not None else open_catalog(settings),
         opener=StoreOpener(settings),
     )
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from geozarr_pipeline.catalog import Catalog
+from geozarr_pipeline.catalog import Catalog, open_catalog
 from geozarr_pipeline.config import Settings
 from geozarr_pipeline.events import AugmentDone, RegisterDone
 from geozarr_pipeline.visual import RasterApi, add_visualisation
@@ -25,7 +25,7 @@ def _open_catalog(settings: Settings) -> Catalog:
 
 
 def run(event: RegisterDone, settings: Settings, catalog: Catalog | None = None) -> AugmentDone:
-    catalog = catalog if catalog is not None else _open_catalog(settings)
+    catalog = catalog if catalog is not None else open_catalog(settings)
     api = RasterApi(settings.raster_api_url)
     item = catalog.get_item(event.collection, event.item_id)
     augmented = add_visualisation(item, api)

@@ -25,6 +25,7 @@ WEB_MAP_LINKS_EXTENSION = "https://stac-extensions.github.io/web-map-links/v1.2.
 # Link relations this module owns: any existing link with one of them is replaced.
 VISUAL_RELS = ("viewer", "xyz", "tilejson", "wmts")
 THUMBNAIL_KEY = "thumbnail"
+PRODUCT_KEY = "product"
 ZARR_SUFFIX = ".zarr"
 
 
@@ -41,13 +42,36 @@ def split_zarr_href(href: str) -> tuple[str, str]:
     return store, group
 
 
+def store_root(item: StacItem) -> str | None:
+    """The item's GeoZarr store: its `store` link, its `product` asset, or a `.zarr` href."""
+    for link in item.get("links") or []:
+        if link.get("rel") == "store" and link.get("href"):
+            return str(link["href"]).rstrip("/")
+    assets: dict[str, Any] = item.get("assets") or {}
+    product = assets.get(PRODUCT_KEY) or {}
+    if product.get("href"):
+        return str(product["href"]).rstrip("/")
+    for asset in assets.values():
+        href = str(asset.get("href", ""))
+        if ZARR_SUFFIX + "/" in href or href.rstrip("/").endswith(ZARR_SUFFIX):
+            return split_zarr_href(href)[0]
+    return None
+
+
+def group_of(item: StacItem, href: str) -> str:
+    """The group an asset href points at, relative to the item's store."""
+    root = store_root(item)
+    if root and href.rstrip("/").startswith(root + "/"):
+        return "/" + href.rstrip("/")[len(root) + 1 :]
+    return split_zarr_href(href)[1]
+
+
 def find_reflectance_asset(item: StacItem) -> tuple[str, str]:
     """The key and group of the asset holding the multiscale reflectance bands."""
     assets: dict[str, Any] = item.get("assets") or {}
     candidates = []
     for key, asset in assets.items():
-        href = str(asset.get("href", ""))
-        _, group = split_zarr_href(href)
+        group = group_of(item, str(asset.get("href", "")))
         if key == "reflectance" or group.rstrip("/").endswith(REFLECTANCE_GROUP):
             candidates.append((key, group))
     if not candidates:

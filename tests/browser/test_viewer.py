@@ -1,0 +1,70 @@
+"""The viewer link of an augmented item, opened in Debian's Chromium: real imagery on the map."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from playwright.sync_api import Response, sync_playwright
+
+from tests.fixtures.visual import MapSetup, read_png
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
+VIEWPORT = {"width": 1024, "height": 768}
+# The page background (#e8ecef): anything far from it is imagery or the footprint outline.
+BACKGROUND = np.array([0xE8, 0xEC, 0xEF])
+
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="apt package chromium missing")
+
+
+def test_viewer_shows_the_item_imagery(map_setup: MapSetup) -> None:
+    tile_responses: list[tuple[str, int, str]] = []
+
+    def record(response: Response) -> None:
+        if "/tiles/WebMercatorQuad/" in response.url:
+            tile_responses.append(
+                (response.url, response.status, response.headers.get("content-type", ""))
+            )
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    screenshot = ARTIFACTS / "viewer.png"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
+        )
+        try:
+            page = browser.new_page(viewport=VIEWPORT)  # type: ignore[arg-type]
+            page.on("response", record)
+            page.goto(map_setup.link("viewer"), wait_until="load")
+            page.wait_for_function(
+                "window.viewerState && (window.viewerState.ready || window.viewerState.error)",
+                timeout=60_000,
+            )
+            state: dict[str, Any] = page.evaluate("window.viewerState")
+            page.screenshot(path=str(screenshot))
+        finally:
+            browser.close()
+
+    assert state["error"] is None, state
+    assert state["tilesLoaded"] > 0, state
+    assert state["tileErrors"] == 0, (state, tile_responses)
+    assert tile_responses, "the map requested no tiles"
+    for url, status, content_type in tile_responses:
+        assert status == 200, url
+        assert content_type == "image/png", url
+
+    pixels = read_png(screenshot.read_bytes())[:3].transpose(1, 2, 0).astype(int)
+    distance = np.abs(pixels - BACKGROUND).sum(axis=2)
+    imagery = distance > 40
+    assert imagery.mean() > 0.05, f"only {imagery.mean():.1%} of the map differs from background"
+    assert pixels[imagery].std() > 5, "imagery, not a flat fill"
