@@ -1,0 +1,107 @@
+"""End to end through RabbitMQ: messages on the `geozarr` exchange run the chain to augment.done.
+
+A legacy JSON message (no ce-* headers, arriving as dev.knative.rabbitmq.event) and a CloudEvent
+message (ce-* headers) are published with routing key eopf.items.convert; the local AMQP bridge
+feeds them to the local broker, which runs convert -> register -> augment. An invalid message
+published between them is rejected and does not block the queue.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pika
+import pytest
+
+from geozarr_pipeline.events import EventType
+from geozarr_pipeline.local.processes import ManagedProcess, free_port, http_ready
+from geozarr_pipeline.local.stack import LocalStack
+from geozarr_pipeline.sample.layout import item_url
+from geozarr_pipeline.submit import make_submission, submit_amqp
+from tests.fixtures.rabbitmq import RabbitMQ
+from tests.fixtures.stack import add_sample
+
+
+@pytest.fixture
+def bridge(rabbitmq: RabbitMQ, local_stack: LocalStack, tmp_path: Path) -> Iterator[ManagedProcess]:
+    health = free_port()
+    process = ManagedProcess(
+        name="amqp-bridge",
+        command=[
+            sys.executable,
+            "-m",
+            "geozarr_pipeline.local.amqp_bridge",
+            "--amqp-url",
+            rabbitmq.amqp_url,
+            "--broker-url",
+            local_stack.broker_url + "/",
+            "--queue",
+            f"chain-{uuid.uuid4().hex[:8]}",
+            "--health-port",
+            str(health),
+        ],
+        log_path=tmp_path / "bridge.log",
+    ).start()
+    try:
+        process.wait_ready(http_ready(f"http://127.0.0.1:{health}/healthz"), timeout=30)
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.mark.slow
+def test_legacy_and_cloudevent_messages_run_the_chain(
+    rabbitmq: RabbitMQ, local_stack: LocalStack, bridge: ManagedProcess
+) -> None:
+    suffix = uuid.uuid4().hex[:8].upper()
+    legacy = add_sample(local_stack, f"S2A_MSIL2A_AMQPLEGACY_{suffix}")
+    cloudevent = add_sample(local_stack, f"S2A_MSIL2A_AMQPCE_{suffix}")
+
+    legacy_item = {
+        "source_url": item_url(local_stack.sample_url, legacy.collection, legacy.item_id),
+        "item_id": legacy.item_id,
+        "collection": legacy.collection,
+    }
+    submit_amqp([make_submission(legacy_item)], rabbitmq.amqp_url, fmt="legacy")
+
+    connection = pika.BlockingConnection(pika.URLParameters(rabbitmq.amqp_url))
+    try:
+        connection.channel().basic_publish(
+            "geozarr",
+            "eopf.items.convert",
+            b"this is not an item",
+            properties=pika.BasicProperties(content_type="text/plain"),
+        )
+    finally:
+        connection.close()
+
+    ce_submission = make_submission(
+        {
+            "source_url": item_url(
+                local_stack.sample_url, cloudevent.collection, cloudevent.item_id
+            ),
+            "item_id": cloudevent.item_id,
+            "collection": cloudevent.collection,
+        }
+    )
+    submit_amqp([ce_submission], rabbitmq.amqp_url, fmt="cloudevent")
+
+    for sample in (legacy, cloudevent):
+        done = local_stack.wait_for(EventType.AUGMENT_DONE.value, sample.item_id, timeout=240)
+        assert done["item_id"] == sample.item_id
+        assert done["collection"] == sample.collection
+
+    legacy_in = local_stack.events(EventType.RABBITMQ_MESSAGE.value)
+    assert any(e["event"]["data"].get("item_id") == legacy.item_id for e in legacy_in)
+    ce_in = local_stack.events(EventType.CONVERT_REQUESTED.value, cloudevent.item_id)
+    assert [e["event"]["attributes"]["id"] for e in ce_in] == [ce_submission.event_id]
+
+    rejected = [
+        json.loads(line) for line in bridge.log_tail(400).splitlines() if "message rejected" in line
+    ]
+    assert len(rejected) == 1
+    assert "not JSON" in rejected[0]["msg"]
