@@ -572,6 +572,33 @@ def test_status_codes_steer_retries_like_the_rabbitmq_dispatcher(
     assert len(sink.attempts()) == len(not_retried)
 
 
+def test_bad_replies_are_dead_lettered_not_published(
+    tmp_path: Path, subscribers: Callable[[Responder], Subscriber], start_broker: BrokerFactory
+) -> None:
+    def bad_reply(subscriber: Subscriber, request: Received) -> Reply:
+        if request.subject == "half-event":
+            return 200, {"ce-type": REGISTER_DONE, "Content-Type": "application/json"}, b"{}"
+        looped = CloudEvent(
+            {"type": CONVERT_DONE, "source": "urn:loop", "id": "loop", "subject": request.subject},
+            {"item_id": request.subject},
+        )
+        headers, body = to_binary(looped)
+        return 200, {k: str(v) for k, v in headers.items()}, body or b""
+
+    register = subscribers(bad_reply)
+    manifests = triggers_copy(tmp_path / "manifests")
+    broker = start_broker(manifests, {"geozarr-register": register.url})
+    broker.send(event(CONVERT_DONE, "half-event"))
+    broker.send(event(CONVERT_DONE, "loop-event"))
+
+    records = {r["event"]["attributes"]["subject"]: r for r in broker.wait_dead_letters(2)}
+    assert records["half-event"]["reason"] == "invalid_reply"
+    assert "missing CloudEvent attribute" in records["half-event"]["last_error"]
+    assert records["loop-event"]["reason"] == "reply_loop"
+    assert records["half-event"]["attempts"] == records["loop-event"]["attempts"] == 1
+    assert [e["origin"] for e in broker.get("/events")] == ["ingress", "ingress"]
+
+
 def test_timeouts_and_connection_errors_are_retried(
     tmp_path: Path, subscribers: Callable[[Responder], Subscriber], start_broker: BrokerFactory
 ) -> None:

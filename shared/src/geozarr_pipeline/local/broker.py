@@ -268,6 +268,12 @@ class LocalBroker:
             last.error = f"invalid reply event: {exc.message}"
             self._dead_letter(delivery, attempts, "invalid_reply")
             return
+        if reply is not None and delivery.route.matches(reply.get_attributes()):
+            # The design rule "never reply with a type your own Trigger matches": in a cluster
+            # this loops forever; here it is refused loudly.
+            last.error = f"reply of type {reply['type']!r} matches its own Trigger (a loop)"
+            self._dead_letter(delivery, attempts, "reply_loop")
+            return
         reply_entry = None
         if reply is not None:
             parent = {
