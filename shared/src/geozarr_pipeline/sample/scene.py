@@ -123,6 +123,8 @@ class Scene:
     cloud_threshold: float
     lake_threshold: float
     snow_threshold: float
+    # Direction (radians) from the tile centre towards the sea.
+    coast_direction: float
     # Cloud shadows: the cloud field displaced by this offset (u, v), sun from the south-east.
     shadow_offset: tuple[float, float] = (-0.012, -0.018)
 
@@ -134,6 +136,7 @@ class Scene:
         lakes = Noise.create(rng, (6, 24, 96))
         clouds = Noise.create(rng, (3, 12, 48, 192, 768))
         atmosphere = Noise.create(rng, (3, 9))
+        coast_direction = float(rng.uniform(0.0, 2 * np.pi))
         # Thresholds from a fixed coarse sample: the same for every output resolution.
         probe = np.linspace(0.0, 1.0, 257)
         return cls(
@@ -145,6 +148,7 @@ class Scene:
             cloud_threshold=float(np.quantile(clouds.sample(probe, probe), 0.85)),
             lake_threshold=float(np.quantile(lakes.sample(probe, probe), 0.04)),
             snow_threshold=float(np.quantile(terrain.sample(probe, probe), 0.985)),
+            coast_direction=coast_direction,
         )
 
     def strip(self, u: npt.NDArray[np.floating], v: npt.NDArray[np.floating]) -> Strip:
@@ -170,9 +174,9 @@ class Strip:
 
     @cached_property
     def water(self) -> Bool:
-        coast: Bool = (
-            self.v[:, None] - 0.78 + 0.45 * self.u[None, :] + 0.25 * (self.terrain - 0.5)
-        ) > 0
+        du = np.cos(self.scene.coast_direction) * (self.u - 0.5)
+        dv = np.sin(self.scene.coast_direction) * (self.v - 0.5)
+        coast: Bool = (dv[:, None] + du[None, :] + 0.3 * (self.terrain - 0.5)) > 0.22
         lake: Bool = self.scene.lakes.sample(self.u, self.v) < self.scene.lake_threshold
         return coast | lake
 
