@@ -480,7 +480,7 @@ def test_transient_failures_are_retried_as_the_trigger_says_then_succeed(
     assert len(attempts) == 3
     gaps = [b.at - a.at for a, b in itertools.pairwise(attempts)]
     for gap, expected in zip(gaps, expected_gaps, strict=True):
-        assert expected - 0.02 <= gap <= expected + 0.4, gaps
+        assert expected - 0.02 <= gap <= expected + 0.5, gaps
     [delivery] = broker.wait_deliveries(1, trigger="geozarr-register")
     assert delivery["outcome"] == "delivered"
     assert [a["status"] for a in delivery["attempts"]] == [503, 503, 200]
@@ -604,7 +604,7 @@ def test_timeouts_and_connection_errors_are_retried(
 ) -> None:
     def slow_first(subscriber: Subscriber, request: Received) -> Reply:
         if len(subscriber.attempts(request.subject)) == 1:
-            time.sleep(1.5)
+            time.sleep(3)
         return answer(200)
 
     register = subscribers(slow_first)
@@ -618,7 +618,7 @@ def test_timeouts_and_connection_errors_are_retried(
     assert delivered["outcome"] == "delivered"
     assert delivered["attempts"][0]["status"] is None
     assert delivered["attempts"][0]["error"].startswith("timeout")
-    assert delivered["attempts"][0]["elapsed_s"] < 1.2
+    assert delivered["attempts"][0]["elapsed_s"] < 2.5
     assert delivered["attempts"][1]["status"] == 200
 
     [record] = broker.wait_dead_letters(1)
@@ -637,7 +637,7 @@ def test_parallelism_annotation_sets_concurrency_and_ingress_never_blocks(
             annotations["rabbitmq.eventing.knative.dev/parallelism"] = "3"
 
     def slow(subscriber: Subscriber, request: Received) -> Reply:
-        time.sleep(0.6)
+        time.sleep(0.8)
         return answer(200)
 
     convert = subscribers(slow)
@@ -650,7 +650,7 @@ def test_parallelism_annotation_sets_concurrency_and_ingress_never_blocks(
         for event_type in (CONVERT_REQUESTED, CONVERT_DONE):
             started = time.monotonic()
             broker.send(event(event_type, f"p-{index}", source_url="http://x/p"))
-            assert time.monotonic() - started < 0.3
+            assert time.monotonic() - started < 0.6
     convert.wait_for(3)
     register.wait_for(3)
     assert broker.wait_deliveries(6, timeout=15)
@@ -662,7 +662,7 @@ def test_sigterm_stops_quickly_and_leaves_nothing_half_written(
     tmp_path: Path, subscribers: Callable[[Responder], Subscriber], start_broker: BrokerFactory
 ) -> None:
     def hang(subscriber: Subscriber, request: Received) -> Reply:
-        time.sleep(5)
+        time.sleep(20)
         return answer(503)
 
     register = subscribers(hang)
@@ -677,7 +677,7 @@ def test_sigterm_stops_quickly_and_leaves_nothing_half_written(
     elapsed = time.monotonic() - started
     assert broker.process.process is not None
     assert broker.process.process.returncode == 0
-    assert elapsed < 3.0
+    assert elapsed < 6.0, "in-flight deliveries must be dropped, not awaited"
     assert list((broker.state_dir / "dead-letters").iterdir()) == []
     journal = (broker.state_dir / "events.jsonl").read_text().splitlines()
     assert [json.loads(line)["event"]["attributes"]["subject"] for line in journal] == [

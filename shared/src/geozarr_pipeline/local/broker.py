@@ -623,7 +623,7 @@ def wait_for_event(
     timeout: float = 600.0,
     after: int = 0,
     fail_on_dead_letter: bool = True,
-    poll: float = 2.0,
+    poll: float = 1.0,
 ) -> dict[str, Any]:
     """Long-poll the broker's journal until an event of `event_type` (and `subject`) arrives.
 
