@@ -495,6 +495,9 @@ def _handler_for(broker: LocalBroker) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         server_version = "geozarr-local-broker"
+        # Headers and body go out in two writes: without TCP_NODELAY a keep-alive client's
+        # delayed ACK adds ~40 ms to every request.
+        disable_nagle_algorithm = True
 
         def log_message(self, format: str, *args: Any) -> None:
             log.debug("http %s", format % args)
