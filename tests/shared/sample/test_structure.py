@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 import xarray as xr
 import zarr
@@ -38,6 +39,10 @@ def _same_fill(a: Any, b: Any) -> bool:
     if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
         return True
     return bool(a == b)
+
+
+def _chunk_grid(meta: dict[str, Any]) -> list[int]:
+    return [math.ceil(s / c) for s, c in zip(meta["shape"], meta["chunks"], strict=True)]
 
 
 def _product(sample_root: SampleRoot, kind: str) -> Path:
@@ -72,6 +77,8 @@ def test_every_node_matches_the_reference(sample_root: SampleRoot, kind: str) ->
             assert meta["shape"] == lead + [plan.size(n) for n in node["shape"][-n_spatial:]]
             assert all(c <= s for c, s in zip(meta["chunks"], meta["shape"], strict=True))
             assert meta["chunks"][:-n_spatial] == node["chunks"][:-n_spatial]
+            # The same chunk grid as the real product (2x2 chunks stay 2x2).
+            assert _chunk_grid(meta) == _chunk_grid(node), path
         else:
             assert meta["shape"] == node["shape"], path
             assert meta["chunks"] == node["chunks"], path
@@ -151,3 +158,19 @@ def test_scale_is_validated(tmp_path: Path) -> None:
     with pytest.raises(InvalidInput):
         synthesize_product("l2a", tmp_path / "x.zarr", scale=0)
     assert not (tmp_path / "x.zarr").exists()
+
+
+def test_seed_makes_the_scene(tmp_path: Path) -> None:
+    from geozarr_pipeline.sample.synthesize import synthesize_product
+
+    def b08(seed: int, name: str) -> npt.NDArray[np.uint16]:
+        store = synthesize_product("l2a", tmp_path / name, scale=0.01, seed=seed)
+        values: npt.NDArray[np.uint16] = zarr.open_group(str(store), mode="r")[
+            "measurements/reflectance/r20m/b8a"
+        ][:]
+        return values
+
+    first = b08(1, "a.zarr")
+    np.testing.assert_array_equal(first, b08(1, "b.zarr"))
+    assert (first != b08(2, "c.zarr")).mean() > 0.3
+    assert not list(tmp_path.glob(".*partial*"))

@@ -124,8 +124,10 @@ class ScalePlan:
         return self.footprint.width / self.size(native)
 
     def chunk(self, native_chunk: int, native: int) -> int:
+        """The shrunken chunk: as many chunks along the axis as in the real product."""
         new = self.size(native)
-        return max(1, min(new, round(native_chunk * new / native)))
+        count = math.ceil(native / native_chunk)
+        return max(1, min(new, math.ceil(new / count)))
 
     def transform(self, native: int) -> list[float]:
         p = self.pixel_size(native)
