@@ -143,3 +143,38 @@ def test_api_400_becomes_a_422_reply(
     statuses = [s for _m, _p, s in proxy.seen[before:]]
     assert statuses.count(400) == 1, "a 400 is not retried"
     proxy.failures = []
+
+
+def test_static_catalog_backend(
+    converted_l2a: ConvertedStore, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    tmp = tmp_path_factory.mktemp("register-static")
+    catalog_root = tmp / "catalog"
+    process = _start(
+        tmp,
+        {
+            "GEOZARR_CATALOG_BACKEND": "static",
+            "GEOZARR_CATALOG_ROOT": str(catalog_root),
+            "GEOZARR_OUTPUT_ROOT": str(converted_l2a.path.parent),
+        },
+    )
+    try:
+        first = _send(process.env["URL"], converted_l2a, converted_l2a.collection, "evt-s")
+        again = _send(process.env["URL"], converted_l2a, converted_l2a.collection, "evt-s")
+    finally:
+        process.stop()
+    assert first.status_code == 200, first.text
+    assert again.json() == first.json()
+    assert again.headers["ce-id"] == first.headers["ce-id"]
+    item_path = (
+        catalog_root
+        / converted_l2a.collection
+        / converted_l2a.item_id
+        / f"{converted_l2a.item_id}.json"
+    )
+    assert first.json()["item_url"] == item_path.resolve().as_uri()
+    item = json.loads(item_path.read_text())
+    for asset in item["assets"].values():
+        assert (Path(asset["href"]) / "zarr.json").is_file()
+    assert (catalog_root / "catalog.json").is_file()
+    assert (catalog_root / converted_l2a.collection / "collection.json").is_file()
