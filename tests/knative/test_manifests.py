@@ -400,3 +400,13 @@ def test_manifests_yaml_parses_as_plain_documents() -> None:
     for path in all_manifest_files():
         for document in yaml.safe_load_all(path.read_text()):
             assert document is None or isinstance(document, dict), path
+
+
+def test_deployment_guide_states_the_configured_consumer_timeout() -> None:
+    guide = (KNATIVE.parent / "docs" / "deploy.md").read_text()
+    configured = int(consumer_timeout_seconds() * 1000)
+    assert f"consumer_timeout = {configured}" in guide
+    convert = route_from_trigger(
+        Path("built"), by_name(kustomize_build(BASE), "Trigger")["geozarr-convert"]
+    ).delivery
+    assert f"= {round(worst_case_seconds(convert) / 60)} min" in guide
