@@ -18,6 +18,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "geozarr_pipeline.submit",
     "geozarr_pipeline.local.amqp_bridge",
     "geozarr_pipeline.convert.commands",
+    "geozarr_pipeline.catalog.commands",
 )
 
 

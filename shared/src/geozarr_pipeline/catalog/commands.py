@@ -1,0 +1,75 @@
+"""CLI subcommands of the catalog: run the local STAC API, register a store, show an item."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from geozarr_pipeline.local.processes import LOOPBACK
+
+
+def _stac_api(args: argparse.Namespace) -> int:
+    from geozarr_pipeline.catalog.local_api import serve
+
+    return serve(args.host, args.port, args.data_dir)
+
+
+def _register(args: argparse.Namespace) -> int:
+    from geozarr_pipeline.config import Settings
+    from geozarr_pipeline.events import ConvertDone
+    from geozarr_pipeline.stages import register
+
+    overrides: dict[str, Any] = {}
+    if args.mode:
+        overrides["register_mode"] = args.mode
+    settings = Settings(**overrides)
+    event = ConvertDone(
+        item_id=args.item_id,
+        collection=args.collection,
+        source_url=args.source_item_url or args.zarr_url,
+        source_item_url=args.source_item_url,
+        zarr_url=args.zarr_url,
+        output_url=args.output_url,
+    )
+    done = register.run(event, settings)
+    print(done.model_dump_json(indent=2))
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    from geozarr_pipeline.catalog import open_catalog
+    from geozarr_pipeline.config import Settings
+
+    item = open_catalog(Settings()).get_item(args.collection, args.item_id)
+    print(json.dumps(item, indent=2))
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    api = subparsers.add_parser(
+        "stac-api",
+        help="serve a local STAC API (PostgreSQL + pgstac + stac-fastapi-pgstac, Transactions)",
+    )
+    api.add_argument("--host", default=LOOPBACK)
+    api.add_argument("--port", type=int, required=True)
+    api.add_argument("--data-dir", type=Path, required=True)
+    api.set_defaults(func=_stac_api)
+
+    reg = subparsers.add_parser(
+        "register-store",
+        help="register a converted GeoZarr store into the configured catalog (GEOZARR_* env)",
+    )
+    reg.add_argument("--item-id", required=True)
+    reg.add_argument("--collection", required=True)
+    reg.add_argument("--output-url", required=True, help="the converted store")
+    reg.add_argument("--zarr-url", required=True, help="the source product's Zarr URL")
+    reg.add_argument("--source-item-url", default=None)
+    reg.add_argument("--mode", choices=["create-or-skip", "upsert", "replace"], default=None)
+    reg.set_defaults(func=_register)
+
+    show = subparsers.add_parser("show-item", help="print an item of the configured catalog")
+    show.add_argument("collection")
+    show.add_argument("item_id")
+    show.set_defaults(func=_show)
