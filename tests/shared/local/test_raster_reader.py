@@ -1,0 +1,110 @@
+"""GeoZarrReader on a real eopf-geozarr store: level choice, band stacking, store discovery."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import morecantile
+import pytest
+from rio_tiler.errors import InvalidBandName, MissingBands
+
+from geozarr_pipeline.config import Settings
+from geozarr_pipeline.local.geozarr_reader import (
+    GeoZarrReader,
+    ItemSource,
+    StoreOpener,
+    VariableRef,
+)
+from geozarr_pipeline.local.raster import default_variables, store_url_for
+from tests.fixtures.stac_api import ConvertedStore
+
+LEVELS = ["r10m", "r20m", "r60m", "r120m", "r360m", "r720m"]
+TRUE_COLOR = [f"/measurements/reflectance/r10m:{band}" for band in ("b04", "b03", "b02")]
+
+
+@pytest.fixture(scope="module")
+def source(converted_l2a: ConvertedStore) -> ItemSource:
+    return ItemSource(item={}, store_url=str(converted_l2a.path), opener=StoreOpener(Settings()))
+
+
+def test_levels_are_the_multiscale_siblings_finest_first(source: ItemSource) -> None:
+    reader = GeoZarrReader(source, variables=TRUE_COLOR)
+    levels = reader.levels(VariableRef.parse(TRUE_COLOR[0]))
+    assert [group.rsplit("/", 1)[1] for _, group in levels] == LEVELS
+    resolutions = [resolution for resolution, _ in levels]
+    assert resolutions == sorted(resolutions)
+    assert len(set(resolutions)) == len(LEVELS)
+
+
+def test_reads_pick_the_coarsest_level_fine_enough(source: ItemSource) -> None:
+    reader = GeoZarrReader(source, variables=TRUE_COLOR)
+    ref = VariableRef.parse(TRUE_COLOR[0])
+    levels = reader.levels(ref)
+    shapes = [reader._array(group, ref.variable).shape for _, group in levels]
+    assert len(set(shapes)) == len(shapes)
+    for index, (resolution, _group) in enumerate(levels):
+        assert reader._pick(ref, resolution).shape == shapes[index]
+        assert reader._pick(ref, resolution * 0.9).shape == shapes[max(index - 1, 0)]
+    assert reader._pick(ref, levels[-1][0] * 10).shape == shapes[-1]
+
+
+def test_a_level_group_never_reads_finer_than_requested(source: ItemSource) -> None:
+    spec = "/measurements/reflectance/r60m:b04"
+    reader = GeoZarrReader(source, variables=[spec])
+    levels = reader.levels(VariableRef.parse(spec))
+    assert levels[0][1].endswith("/r60m")
+    assert all(not group.endswith(("/r10m", "/r20m")) for _, group in levels)
+
+
+def test_tile_and_preview_stack_one_band_per_variable(source: ItemSource) -> None:
+    reader = GeoZarrReader(source, variables=TRUE_COLOR)
+    west, south, east, north = reader.get_geographic_bounds("epsg:4326")
+    tms = morecantile.tms.get("WebMercatorQuad")
+    tile = tms.tile((west + east) / 2, (south + north) / 2, reader.maxzoom)
+    image = reader.tile(tile.x, tile.y, tile.z)
+    assert image.count == 3
+    assert image.band_names == TRUE_COLOR
+    preview = reader.preview(max_size=128)
+    assert preview.count == 3
+    assert max(preview.width, preview.height) <= 128
+    assert reader.minzoom < reader.maxzoom
+
+
+def test_bad_variables_are_named(source: ItemSource) -> None:
+    with pytest.raises(InvalidBandName, match="b99"):
+        GeoZarrReader(source, variables=["/measurements/reflectance/r10m:b99"])
+    with pytest.raises(InvalidBandName, match="group"):
+        GeoZarrReader(source, variables=["b04"])
+    with pytest.raises(MissingBands):
+        GeoZarrReader(source, variables=None)
+
+
+def test_default_variables_come_from_the_renders() -> None:
+    item: dict[str, Any] = {
+        "properties": {"renders": {"x": {"variables": ["/g/r10m:b08"]}}},
+        "assets": {},
+    }
+    assert default_variables(item) == ("/g/r10m:b08",)
+    item = {
+        "properties": {},
+        "assets": {"reflectance": {"href": "/d/X.zarr/measurements/reflectance"}},
+    }
+    assert default_variables(item) == tuple(TRUE_COLOR)
+
+
+def test_store_discovery_maps_public_hrefs_back_to_storage() -> None:
+    settings = Settings(public_base_url="https://data.example.test/geozarr", output_root="/srv/out")
+    item = {
+        "id": "X",
+        "links": [],
+        "assets": {
+            "product": {
+                "href": "https://data.example.test/geozarr/c/X.zarr",
+                "alternate": {"s3": {"href": "s3://bucket/c/X.zarr"}},
+            }
+        },
+    }
+    assert store_url_for(item, settings) == "/srv/out/c/X.zarr"
+    assert store_url_for(item, Settings()) == "s3://bucket/c/X.zarr"
+    item["links"] = [{"rel": "store", "href": "s3://other/X.zarr/"}]
+    assert store_url_for(item, Settings()) == "s3://other/X.zarr"
