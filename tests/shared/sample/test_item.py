@@ -82,6 +82,8 @@ def test_l1c_item_keeps_only_assets_the_product_has() -> None:
         if href.startswith(STORE + "/") and not href.endswith(".zmetadata"):
             assert href[len(STORE) + 1 :] in members
     assert item["properties"]["processing:level"] == "L1C"
+    assert item["assets"]["TCI_10m"]["href"] == f"{STORE}/quality/l1c_quicklook/r10m/tci"
+    assert "TOA" in item["assets"]["B02_10m"]["description"]
 
 
 @pytest.mark.parametrize(

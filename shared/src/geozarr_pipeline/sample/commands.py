@@ -52,6 +52,9 @@ def _synthesize(args: argparse.Namespace) -> int:
         "collection": sample.collection,
         "product_path": str(sample.product_path),
         "item_path": str(sample.item_path),
+        # Routes on `geozarr-pipeline sample serve --root <root>`.
+        "item_route": f"/collections/{sample.collection}/items/{sample.item_id}",
+        "product_route": f"/products/{sample.item_id}.zarr",
         "seconds": round(time.monotonic() - started, 2),
     }
     print(json.dumps(summary))

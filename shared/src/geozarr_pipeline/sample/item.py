@@ -55,14 +55,17 @@ def make_source_item(
     zarr_href = zarr_href.rstrip("/")
     api_base = api_base.rstrip("/")
 
+    level = str(product_attrs["stac_discovery"]["properties"].get("processing:level", "L2A"))
     assets: dict[str, Any] = {}
     for key, asset in item["assets"].items():
         href: str = asset["href"]
         if href.startswith(template_store):
-            inner = href[len(template_store) :].lstrip("/")
-            if members is not None and inner and inner not in members and inner != ".zmetadata":
+            inner = _inner_path(href[len(template_store) :].lstrip("/"), level, members)
+            if inner is None:
                 continue
             asset["href"] = f"{zarr_href}/{inner}" if inner else zarr_href
+            if level.upper() == "L1C":
+                _describe_as_toa(asset)
         elif href.startswith(ZIP_PREFIX):
             asset["href"] = f"{api_base}/zip/collections/{collection}/items/{item_id}.zip"
         assets[key] = asset
@@ -83,6 +86,23 @@ def make_source_item(
     item["properties"].update(mgrs)
     item["links"] = _links(item["links"], api_base, collection, item_id)
     return item
+
+
+def _inner_path(inner: str, level: str, members: Collection[str] | None) -> str | None:
+    """The template's path inside the store, adapted to this product; None if it has none."""
+    if members is None or not inner or inner == ".zmetadata" or inner in members:
+        return inner
+    # An L1C names its quicklook after its level (quality/l1c_quicklook/...).
+    adapted = inner.replace("l2a_", f"{level.lower()}_")
+    return adapted if adapted in members else None
+
+
+def _describe_as_toa(asset: dict[str, Any]) -> None:
+    """L1C reflectances are top of atmosphere: say so where the template says BOA/surface."""
+    for key in ("title", "description"):
+        if isinstance(asset.get(key), str):
+            text = asset[key].replace("Surface Reflectance", "Top-of-atmosphere Reflectance")
+            asset[key] = text.replace("BOA reflectance", "TOA reflectance")
 
 
 def _iso(value: Any) -> str | None:
