@@ -1,0 +1,75 @@
+"""eopf-geozarr is imported lazily and never touches the network at import."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+from geozarr_pipeline.config import Settings
+from geozarr_pipeline.convert.engine import EffectiveOptions
+from geozarr_pipeline.events import ConversionOptions
+
+# Runs in a fresh interpreter: every outbound connection attempt is recorded and refused.
+PROBE = textwrap.dedent(
+    """
+    import json, socket, sys, time
+    attempts = []
+    real_getaddrinfo = socket.getaddrinfo
+    def getaddrinfo(host, *args, **kwargs):
+        attempts.append(str(host))
+        raise OSError("network disabled in this test")
+    socket.getaddrinfo = getaddrinfo
+    def connect(self, address):
+        attempts.append(str(address))
+        raise OSError("network disabled in this test")
+    socket.socket.connect = connect
+
+    started = time.monotonic()
+    sys.path.insert(0, "functions/convert")
+    import geozarr_convert.main  # the function's cold start
+    cold = time.monotonic() - started
+    loaded_at_start = "eopf_geozarr" in sys.modules
+
+    from geozarr_pipeline.convert import engine
+    started = time.monotonic()
+    library = engine.load_library()
+    first_event = time.monotonic() - started
+    from eopf_geozarr.data_api.geozarr import common
+    print(json.dumps({
+        "attempts": attempts,
+        "cold_start_s": cold,
+        "library_loaded_at_start": loaded_at_start,
+        "first_event_import_s": first_event,
+        "cf_validation": common.DO_CF_NAME_VALIDATION,
+        "version": library.version,
+    }))
+    """
+)
+
+
+def test_function_cold_start_and_library_import_touch_no_network() -> None:
+    completed = subprocess.run(
+        [sys.executable, "-W", "error::RuntimeWarning", "-c", PROBE],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    probe = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert probe["attempts"] == []
+    assert probe["library_loaded_at_start"] is False
+    assert probe["cf_validation"] is False
+    assert probe["version"] == "0.12.0"
+    # The function starts without the converter; the import moves to the first event.
+    assert probe["cold_start_s"] < probe["first_event_import_s"] + 1.0
+
+
+def test_event_options_override_settings() -> None:
+    settings = Settings(spatial_chunk=1024, enable_sharding=False, keep_scale_offset=False)
+    assert EffectiveOptions.resolve(ConversionOptions(), settings) == EffectiveOptions(
+        1024, False, False
+    )
+    overridden = ConversionOptions(spatial_chunk=512, enable_sharding=True, keep_scale_offset=True)
+    assert EffectiveOptions.resolve(overridden, settings) == EffectiveOptions(512, True, True)
