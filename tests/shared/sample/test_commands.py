@@ -31,6 +31,9 @@ def test_synthesize_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["item_id"] == "my-item"
     assert summary["collection"] == "my-collection"
+    sizes = {int(k): v for k, v in summary["raster_sizes"].items()}
+    assert sizes[10980] == 2 * sizes[5490] == 6 * sizes[1830]
+    assert sizes[10980] == round(10980 * summary["effective_scale"])
     assert Path(summary["product_path"]) == tmp_path / "products/my-item.zarr"
     assert Path(summary["item_path"]) == tmp_path / "items/my-collection/my-item.json"
     item = json.loads(Path(summary["item_path"]).read_text())

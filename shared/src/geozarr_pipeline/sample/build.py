@@ -6,7 +6,13 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from geozarr_pipeline.sample.hierarchy import load_hierarchy, reference_product_id, walk
+from geozarr_pipeline.sample.hierarchy import (
+    load_hierarchy,
+    native_sizes,
+    plan_scale,
+    reference_product_id,
+    walk,
+)
 from geozarr_pipeline.sample.item import make_source_item
 from geozarr_pipeline.sample.layout import PLACEHOLDER_BASE, SampleLayout, product_url
 from geozarr_pipeline.sample.synthesize import synthesize_product
@@ -20,6 +26,10 @@ class Sample:
     collection: str
     product_path: Path
     item_path: Path
+    # The achieved scale (nearest to the requested one keeping exact pixel grids) and the
+    # raster sizes: native size -> written size.
+    effective_scale: float = 1.0
+    sizes: dict[int, int] | None = None
 
 
 def write_sample(
@@ -49,4 +59,6 @@ def write_sample(
     partial = item_path.with_suffix(".json.partial")
     partial.write_text(json.dumps(item, indent=2))
     partial.replace(item_path)
-    return Sample(item_id, collection, store, item_path)
+    plan = plan_scale(spec, scale)
+    sizes = {n: plan.size(n) for n in sorted(native_sizes(spec), reverse=True)}
+    return Sample(item_id, collection, store, item_path, plan.scale, sizes)

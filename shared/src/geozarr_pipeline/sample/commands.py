@@ -55,6 +55,8 @@ def _synthesize(args: argparse.Namespace) -> int:
         # Routes on `geozarr-pipeline sample serve --root <root>`.
         "item_route": f"/collections/{sample.collection}/items/{sample.item_id}",
         "product_route": f"/products/{sample.item_id}.zarr",
+        "effective_scale": round(sample.effective_scale, 6),
+        "raster_sizes": sample.sizes,
         "seconds": round(time.monotonic() - started, 2),
     }
     print(json.dumps(summary))
