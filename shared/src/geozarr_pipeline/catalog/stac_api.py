@@ -36,6 +36,7 @@ from geozarr_pipeline.errors import (
 log = logging.getLogger(__name__)
 TRANSIENT_STATUS = frozenset({408, 429}) | frozenset(range(500, 600))
 MAX_RETRY_AFTER_SECONDS = 10.0
+CONCURRENT_WRITE_ATTEMPTS = 5
 
 
 def api_message(response: httpx.Response) -> str:
@@ -173,11 +174,15 @@ class StacApiCatalog:
         except SourceNotFound:
             return None
 
-    def _put(self, item: StacItem) -> None:
+    def _put(self, item: StacItem) -> bool:
+        """Update the item; False if the API says it is missing (404)."""
         path = f"/collections/{item['collection']}/items/{item['id']}"
         response = self.request("PUT", path, strip_backend_links(item))
+        if response.status_code == 404:
+            return False
         if response.status_code not in (200, 201, 204):
             raise self._rejected(response, f"updating item {item['id']!r}")
+        return True
 
     def _post(self, item: StacItem) -> bool:
         """Create the item; False if it exists already (409)."""
@@ -190,16 +195,26 @@ class StacApiCatalog:
             raise self._rejected(response, f"creating item {item['id']!r}")
         return True
 
+    def _write(self, item: StacItem, mode: RegisterMode) -> bool:
+        """One attempt at writing; False when a concurrent writer got in the way."""
+        if mode == "upsert":
+            existing = self._find(str(item["collection"]), str(item["id"]))
+            if existing is not None:
+                return self._put(merge_for_upsert(existing, item))
+            return self._post(item)  # a 409 means it was created since our read: go again
+        if self._post(item) or mode == "create-or-skip":
+            return True
+        return self._put(item)
+
     def put_item(self, item: StacItem, mode: RegisterMode) -> str:
         collection_id, item_id = str(item["collection"]), str(item["id"])
         self.ensure_collection(collection_id)
-        if mode == "upsert":
-            existing = self._find(collection_id, item_id)
-            if existing is not None:
-                self._put(merge_for_upsert(existing, item))
-            elif not self._post(item):
-                # Created concurrently since our read: update it in place.
-                self._put(merge_for_upsert(self.get_item(collection_id, item_id), item))
-        elif not self._post(item) and mode == "replace":
-            self._put(item)
-        return self.item_url(collection_id, item_id)
+        # pgstac updates an item as delete + insert in one transaction, so a PUT racing another
+        # writer can answer 404 although the item exists: such a race is retried, never a loss.
+        for attempt in range(CONCURRENT_WRITE_ATTEMPTS):
+            if self._write(item, mode):
+                return self.item_url(collection_id, item_id)
+            self.sleep(self._delay(attempt, None))
+        raise TransientError(
+            f"item {item_id!r} kept changing under concurrent writers; try again later"
+        )
