@@ -8,7 +8,8 @@ from typing import Any
 
 import httpx
 import pytest
-from cloudevents.http import CloudEvent, to_binary, to_structured
+from cloudevents.conversion import to_binary, to_structured
+from cloudevents.http import CloudEvent
 
 from geozarr_pipeline.events import (
     AugmentDone,

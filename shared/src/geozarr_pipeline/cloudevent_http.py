@@ -14,8 +14,9 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import flask
+from cloudevents.conversion import to_binary
 from cloudevents.exceptions import GenericException as CloudEventsError
-from cloudevents.http import CloudEvent, from_http, to_binary
+from cloudevents.http import CloudEvent, from_http
 from pydantic import ValidationError
 
 from geozarr_pipeline.errors import InvalidEvent, InvalidInput, PipelineError, status_code_for
@@ -128,8 +129,8 @@ def handle_request(request: flask.Request, stage: Stage, run: StageRunner) -> fl
         return error_response(exc)
     except Exception:
         log.exception("event crashed", extra={"stage": stage.value, "event_id": event_id})
-        body = {"error": "internal_error", "message": "unexpected failure; see the stage logs"}
-        return flask.Response(json.dumps(body), status=500, mimetype="application/json")
+        problem = {"error": "internal_error", "message": "unexpected failure; see the stage logs"}
+        return flask.Response(json.dumps(problem), status=500, mimetype="application/json")
     headers, body = to_binary(reply)
     log.info(
         "event done",

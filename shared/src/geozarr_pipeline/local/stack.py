@@ -14,7 +14,8 @@ from types import TracebackType
 from typing import Any
 
 import httpx
-from cloudevents.http import CloudEvent, to_binary
+from cloudevents.conversion import to_binary
+from cloudevents.http import CloudEvent
 
 from geozarr_pipeline.events import EventType
 from geozarr_pipeline.local.broker import default_manifests, wait_for_event
@@ -177,11 +178,13 @@ class LocalStack:
     ) -> None:
         self.stop()
 
-    def publish(self, event: CloudEvent) -> None:
-        """Send an event to the broker ingress in binary mode."""
+    def publish(self, event: CloudEvent) -> int:
+        """Send an event to the broker ingress in binary mode; returns its journal seq."""
         headers, body = to_binary(event)
         response = httpx.post(self.broker_url + "/", headers=headers, content=body, timeout=30)
         response.raise_for_status()
+        seq: int = response.json()["seq"]
+        return seq
 
     def events(self, event_type: str | None = None, subject: str | None = None) -> list[Any]:
         params = {k: v for k, v in (("type", event_type), ("subject", subject)) if v}
@@ -190,13 +193,17 @@ class LocalStack:
         entries: list[Any] = response.json()
         return entries
 
-    def wait_for(self, event_type: str, subject: str, timeout: float = 300.0) -> dict[str, Any]:
-        """The event's data once the broker has seen it; raises DeadLettered on a dead letter."""
+    def wait_for(
+        self, event_type: str, subject: str, timeout: float = 300.0, after: int = 0
+    ) -> dict[str, Any]:
+        """The data of the first such event after journal seq `after`; raises DeadLettered."""
         entry = wait_for_event(
-            self.broker_url, event_type=event_type, subject=subject, timeout=timeout
+            self.broker_url, event_type=event_type, subject=subject, timeout=timeout, after=after
         )
         data: dict[str, Any] = entry["event"]["data"]
         return data
 
-    def wait_for_chain(self, subject: str, timeout: float = 300.0) -> dict[str, Any]:
-        return self.wait_for(EventType.AUGMENT_DONE.value, subject, timeout)
+    def wait_for_chain(
+        self, subject: str, timeout: float = 300.0, after: int = 0
+    ) -> dict[str, Any]:
+        return self.wait_for(EventType.AUGMENT_DONE.value, subject, timeout, after)
