@@ -202,3 +202,28 @@ def test_amqp_unroutable_message_is_an_error(rabbitmq: RabbitMQ) -> None:
     connection.close()
     with pytest.raises(SubmitError, match="no queue is bound"):
         submit_amqp([make_submission(ITEM)], rabbitmq.amqp_url, routing_key="nobody.listens")
+
+
+def test_cli_wait_reports_a_chain_that_does_not_finish(local_broker: str) -> None:
+    result = subprocess.run(
+        [
+            CLI,
+            "submit",
+            "http",
+            "--url",
+            local_broker,
+            "--wait",
+            "1",
+            "--source-url",
+            ITEM["source_url"],
+            "--collection",
+            ITEM["collection"],
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert json.loads(result.stdout.splitlines()[0])["subject"] == "S2A_MSIL2A_X"
+    assert EventType.AUGMENT_DONE.value in result.stderr
