@@ -130,9 +130,11 @@ class ScalePlan:
         return max(1, min(new, math.ceil(new / count)))
 
     def transform(self, native: int) -> list[float]:
-        p = self.pixel_size(native)
+        """The affine transform (9 terms, as EOPF writes it) of a native-size raster."""
         fp = self.footprint
-        return [p, 0.0, fp.xmin, 0.0, -p, fp.ymax, 0.0, 0.0, 1.0]
+        px = fp.width / self.size(native)
+        py = fp.height / self.size(native)
+        return [px, 0.0, fp.xmin, 0.0, -py, fp.ymax, 0.0, 0.0, 1.0]
 
 
 def footprint_of(spec: dict[str, Any]) -> Footprint:
