@@ -410,3 +410,12 @@ def test_deployment_guide_states_the_configured_consumer_timeout() -> None:
         Path("built"), by_name(kustomize_build(BASE), "Trigger")["geozarr-convert"]
     ).delivery
     assert f"= {round(worst_case_seconds(convert) / 60)} min" in guide
+
+
+@pytest.mark.parametrize("folder", DEPLOYMENTS, ids=DEPLOYMENT_IDS)
+def test_server_threads_match_container_concurrency(folder: Path) -> None:
+    """functions-framework sizes gunicorn's threads from THREADS (else 4 x the node's CPUs)."""
+    for name in STAGE_SERVICES.values():
+        _, spec = template(service_for(kustomize_build(folder), name))
+        env = {e["name"]: e.get("value") for e in spec["containers"][0]["env"]}
+        assert int(env["THREADS"]) >= spec["containerConcurrency"] >= 1, name
