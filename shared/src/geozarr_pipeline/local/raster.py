@@ -420,13 +420,6 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: Any) -> None:
-    """`geozarr-pipeline raster-server ...`: the same server as `python -m` runs."""
-    parser = subparsers.add_parser("raster-server", help="serve the local raster API")
-    add_arguments(parser)
-    parser.set_defaults(func=serve)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     from geozarr_pipeline.logs import configure_logging
 
