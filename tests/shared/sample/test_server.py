@@ -24,6 +24,7 @@ def test_item_hrefs_use_the_server_base(sample_server: SampleServerInfo) -> None
     links = {link["rel"]: link["href"] for link in item["links"]}
     assert links["self"] == sample_server.l2a_item_url
     assert "sample.invalid" not in response.text
+    assert response.headers["access-control-allow-origin"] == "*"
 
 
 def test_unknown_item_and_key_are_404(sample_server: SampleServerInfo) -> None:

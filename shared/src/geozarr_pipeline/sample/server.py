@@ -41,6 +41,11 @@ class SampleHandler(BaseHTTPRequestHandler):
     def do_HEAD(self) -> None:
         self._dispatch(send_body=False)
 
+    def end_headers(self) -> None:
+        # A browser page (the local map) may read items and stores from another origin.
+        self.send_header("Access-Control-Allow-Origin", "*")
+        super().end_headers()
+
     def log_message(self, format: str, *args: Any) -> None:
         """Quiet access log: only errors (status >= 400) reach stderr."""
         if len(args) >= 2 and str(args[1]).isdigit() and int(args[1]) < 400:
