@@ -18,6 +18,7 @@ from pathlib import Path
 
 import httpx
 
+from geozarr_pipeline.catalog.local_api import reap
 from geozarr_pipeline.config import Settings
 from geozarr_pipeline.events import ConvertDone
 from geozarr_pipeline.local.processes import LOOPBACK, ManagedProcess, free_port, http_ready
@@ -112,6 +113,7 @@ def main() -> int:
                 stored.raise_for_status()
         finally:
             api.stop(grace=30)
+            reap(tmp / "api")
             server.stop()
     times.sort()
     print(f"register.run against the local STAC API, {args.runs} runs (upsert of an existing item)")

@@ -9,12 +9,15 @@ this process (SIGTERM/SIGINT) stops the database it started.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +27,7 @@ from geozarr_pipeline.local.processes import LOOPBACK, ManagedProcess, free_port
 PG_USER = "postgres"
 PG_PASSWORD = "postgres"  # noqa: S105 - loopback-only throwaway server with trust auth
 PG_DATABASE = "postgres"
+CLUSTER_POINTER = "cluster-dir"
 
 
 def postgres_bin_dir() -> Path:
@@ -80,6 +84,7 @@ class LocalPostgres:
         # The cluster lives in a short /tmp path the postgres user can reach (a pytest tmp dir
         # is private to root, and socket paths are limited to ~100 characters).
         self.cluster_dir = Path(tempfile.mkdtemp(prefix="geozarr-pg-"))
+        (self.data_dir / CLUSTER_POINTER).write_text(str(self.cluster_dir))
         _chown_to_postgres(self.cluster_dir)
         pgdata = self.cluster_dir / "pgdata"
         sockets = self.cluster_dir / "sockets"
@@ -147,6 +152,25 @@ class LocalPostgres:
             shutil.rmtree(self.cluster_dir, ignore_errors=True)
 
 
+def reap(data_dir: Path) -> None:
+    """Stop and remove a cluster left behind by a server that was killed (SIGKILL skips its
+    own cleanup): the postmaster's PID is the first line of its `postmaster.pid`."""
+    pointer = data_dir / CLUSTER_POINTER
+    if not pointer.exists():
+        return
+    cluster = Path(pointer.read_text().strip())
+    pid_file = cluster / "pgdata" / "postmaster.pid"
+    if pid_file.exists():
+        with contextlib.suppress(ValueError, ProcessLookupError, PermissionError):
+            pid = int(pid_file.read_text().splitlines()[0])
+            os.kill(pid, signal.SIGINT)  # fast shutdown
+            for _ in range(100):
+                os.kill(pid, 0)
+                time.sleep(0.1)
+    shutil.rmtree(cluster, ignore_errors=True)
+    pointer.unlink(missing_ok=True)
+
+
 def api_env(postgres: LocalPostgres) -> dict[str, str]:
     """Environment of a stac-fastapi-pgstac server on this database, Transactions enabled."""
     return {
@@ -161,6 +185,13 @@ def serve(host: str, port: int, data_dir: Path) -> int:
     """Start PostgreSQL, migrate, serve the API until interrupted, then stop PostgreSQL."""
     import uvicorn
 
+    def stop_on_signal(signum: int, _frame: object) -> None:
+        raise SystemExit(0)
+
+    # uvicorn shuts down gracefully on SIGTERM/SIGINT and then re-raises the signal with the
+    # handler it found: this one turns it into SystemExit so the database is stopped below.
+    signal.signal(signal.SIGTERM, stop_on_signal)
+    signal.signal(signal.SIGINT, stop_on_signal)
     postgres = LocalPostgres(data_dir=data_dir).start()
     try:
         os.environ.update(api_env(postgres))
