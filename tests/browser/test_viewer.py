@@ -57,11 +57,16 @@ def test_viewer_shows_the_item_imagery(map_setup: MapSetup) -> None:
 
     assert state["error"] is None, state
     assert state["tilesLoaded"] > 0, state
-    assert state["tileErrors"] == 0, (state, tile_responses)
-    assert tile_responses, "the map requested no tiles"
+    # An edge tile inside the TileJSON bounds (a lon/lat box) but outside the UTM grid is a
+    # 404, which Leaflet counts as a tile error; anything else is a failure.
+    loaded = [url for url, status, _ in tile_responses if status == 200]
+    missing = [url for url, status, _ in tile_responses if status == 404]
+    assert loaded, "the map loaded no tile"
+    assert len(loaded) + len(missing) == len(tile_responses), tile_responses
+    assert state["tileErrors"] == len(missing), (state, tile_responses)
     for url, status, content_type in tile_responses:
-        assert status == 200, url
-        assert content_type == "image/png", url
+        if status == 200:
+            assert content_type == "image/png", url
 
     pixels = read_png(screenshot.read_bytes())[:3].transpose(1, 2, 0).astype(int)
     distance = np.abs(pixels - BACKGROUND).sum(axis=2)
