@@ -1,0 +1,154 @@
+"""Cold start per function: process start to the first answered CloudEvent.
+
+    uv run python benchmarks/cold_start/run.py [--runs 7] [--python PATH] [--json out.json]
+
+Each run starts `functions-framework --target handle --source <main.py> --port <free>` (the
+images' command), then sends the same CloudEvent every 20 ms until one is answered; the time
+from `Popen` to that answer is the cold start. The event has the type the stage accepts and
+data that fails validation, so the answer (422) comes from the whole request path (parse,
+type check, model validation, error mapping) without the stage's real work. The figure is
+the median of the runs; targets: register and augment < 1 s, convert < 3 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from geozarr_pipeline.events import Stage
+from geozarr_pipeline.local.processes import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+TARGETS = {Stage.CONVERT: 3.0, Stage.REGISTER: 1.0, Stage.AUGMENT: 1.0}
+
+
+def event_for(stage: Stage) -> tuple[dict[str, str], bytes]:
+    event_type = sorted(stage.accepts)[0].value
+    headers = {
+        "ce-specversion": "1.0",
+        "ce-id": "cold-start",
+        "ce-source": "urn:benchmark",
+        "ce-type": event_type,
+        "content-type": "application/json",
+    }
+    return headers, json.dumps({"item_id": "../not-valid"}).encode()
+
+
+def stop_and_cpu(process: subprocess.Popen[bytes], grace: float = 10.0) -> float:
+    """SIGTERM, reap, and return the CPU seconds the process (and its reaped workers) used."""
+    process.terminate()
+    deadline = time.monotonic() + grace
+    while True:
+        pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+        if pid:
+            process.returncode = os.waitstatus_to_exitcode(status)
+            return float(usage.ru_utime + usage.ru_stime)
+        if time.monotonic() > deadline:
+            process.kill()
+            deadline = time.monotonic() + grace
+        time.sleep(0.02)
+
+
+def one_run(
+    stage: Stage, python: Path, workdir: Path, timeout: float = 60.0
+) -> tuple[float, float]:
+    """(wall seconds to the first answer, CPU seconds of the server up to its exit)."""
+    port = free_port()
+    source = ROOT / "functions" / stage.value / f"geozarr_{stage.value}" / "main.py"
+    command = [
+        str(python.parent / "functions-framework"),
+        "--target",
+        "handle",
+        "--source",
+        str(source),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    headers, body = event_for(stage)
+    url = f"http://127.0.0.1:{port}/"
+    env = {**os.environ, "GEOZARR_OUTPUT_ROOT": str(workdir / "out")}
+    with (workdir / f"{stage.value}.log").open("ab") as log:
+        started = time.perf_counter()
+        process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, cwd=workdir, env=env
+        )
+    try:
+        with httpx.Client(timeout=10.0, trust_env=False) as client:
+            while True:
+                if process.poll() is not None:
+                    raise RuntimeError(f"{stage} exited with {process.returncode}")
+                try:
+                    response = client.post(url, headers=headers, content=body)
+                except httpx.TransportError:
+                    if time.perf_counter() - started > timeout:
+                        raise TimeoutError(f"{stage} did not answer in {timeout}s") from None
+                    time.sleep(0.02)
+                    continue
+                elapsed = time.perf_counter() - started
+                if response.status_code != 422:
+                    raise RuntimeError(f"{stage}: unexpected {response.status_code}")
+                break
+    finally:
+        cpu = stop_and_cpu(process)
+    return elapsed, cpu
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument(
+        "--python",
+        type=Path,
+        default=Path(sys.executable),
+        help="interpreter of the environment to start the functions from (default: this one)",
+    )
+    parser.add_argument("--stage", action="append", choices=[s.value for s in Stage])
+    parser.add_argument("--json", type=Path, help="also write the results as JSON here")
+    args = parser.parse_args(argv)
+    stages = [Stage(s) for s in args.stage] if args.stage else list(Stage)
+    results: dict[str, dict[str, object]] = {}
+    with tempfile.TemporaryDirectory(prefix="cold-start-") as tmp:
+        workdir = Path(tmp)
+        for stage in stages:
+            one_run(stage, args.python, workdir)  # warm the OS file cache and .pyc files
+            measured = [one_run(stage, args.python, workdir) for _ in range(args.runs)]
+            runs = [wall for wall, _ in measured]
+            cpu = statistics.median(c for _, c in measured)
+            median = statistics.median(runs)
+            results[stage.value] = {
+                "median_s": round(median, 3),
+                "min_s": round(min(runs), 3),
+                "max_s": round(max(runs), 3),
+                "runs": [round(r, 3) for r in runs],
+                "median_cpu_s": round(cpu, 3),
+                "target_s": TARGETS[stage],
+                "meets_target": median < TARGETS[stage],
+            }
+            print(
+                f"{stage.value:9s} median {median:.3f}s  min {min(runs):.3f}s  "
+                f"max {max(runs):.3f}s  cpu {cpu:.3f}s  target < {TARGETS[stage]:.0f}s  "
+                f"{'ok' if median < TARGETS[stage] else 'MISSED'}"
+            )
+    load = os.getloadavg()
+    print(f"cpus: {os.cpu_count()}")
+    print(f"load average during the run: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    if args.json:
+        args.json.write_text(
+            json.dumps({"results": results, "loadavg": load, "runs": args.runs}, indent=2) + "\n"
+        )
+    return 0 if all(r["meets_target"] for r in results.values()) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
