@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 from playwright.sync_api import Response, sync_playwright
 
+from geozarr_pipeline.local.stack import LocalStack
+from tests.fixtures.stack import ChainRun
 from tests.fixtures.visual import MapSetup, read_png
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
@@ -27,7 +29,8 @@ BACKGROUND = np.array([0xE8, 0xEC, 0xEF])
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="apt package chromium missing")
 
 
-def test_viewer_shows_the_item_imagery(map_setup: MapSetup) -> None:
+def open_viewer(url: str, screenshot: Path) -> tuple[dict[str, Any], list[tuple[str, int, str]]]:
+    """Load the viewer in Chromium until its tiles have loaded; keep a screenshot."""
     tile_responses: list[tuple[str, int, str]] = []
 
     def record(response: Response) -> None:
@@ -36,8 +39,7 @@ def test_viewer_shows_the_item_imagery(map_setup: MapSetup) -> None:
                 (response.url, response.status, response.headers.get("content-type", ""))
             )
 
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    screenshot = ARTIFACTS / "viewer.png"
+    screenshot.parent.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
@@ -45,7 +47,7 @@ def test_viewer_shows_the_item_imagery(map_setup: MapSetup) -> None:
         try:
             page = browser.new_page(viewport=VIEWPORT)  # type: ignore[arg-type]
             page.on("response", record)
-            page.goto(map_setup.link("viewer"), wait_until="load")
+            page.goto(url, wait_until="load")
             page.wait_for_function(
                 "window.viewerState && (window.viewerState.ready || window.viewerState.error)",
                 timeout=60_000,
@@ -54,7 +56,12 @@ def test_viewer_shows_the_item_imagery(map_setup: MapSetup) -> None:
             page.screenshot(path=str(screenshot))
         finally:
             browser.close()
+    return state, tile_responses
 
+
+def assert_map_shows_imagery(
+    state: dict[str, Any], tile_responses: list[tuple[str, int, str]], screenshot: Path
+) -> None:
     assert state["error"] is None, state
     assert state["tilesLoaded"] > 0, state
     # An edge tile inside the TileJSON bounds (a lon/lat box) but outside the UTM grid is a
@@ -73,3 +80,18 @@ def test_viewer_shows_the_item_imagery(map_setup: MapSetup) -> None:
     imagery = distance > 40
     assert imagery.mean() > 0.05, f"only {imagery.mean():.1%} of the map differs from background"
     assert pixels[imagery].std() > 5, "imagery, not a flat fill"
+
+
+def test_viewer_shows_the_item_imagery(map_setup: MapSetup) -> None:
+    screenshot = ARTIFACTS / "viewer.png"
+    state, tile_responses = open_viewer(map_setup.link("viewer"), screenshot)
+    assert_map_shows_imagery(state, tile_responses, screenshot)
+
+
+def test_viewer_of_the_demo_chain_item(local_stack: LocalStack, chain_run: ChainRun) -> None:
+    """The viewer URL that augment.done reports, for the item the whole chain produced."""
+    viewer_url = chain_run.augment_done["viewer_url"]
+    assert viewer_url.startswith(local_stack.raster_url + "/collections/")
+    screenshot = ARTIFACTS / "viewer-demo-chain.png"
+    state, tile_responses = open_viewer(viewer_url, screenshot)
+    assert_map_shows_imagery(state, tile_responses, screenshot)
