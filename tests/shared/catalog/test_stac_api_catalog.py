@@ -362,3 +362,23 @@ def test_static_and_api_store_the_same_item(
     ]
     for link in non_backend:
         assert link in from_api["links"]
+
+
+def test_rate_limit_is_retried(stac_api: StacApiInfo) -> None:
+    proxy = FaultProxy(stac_api.url)
+    try:
+        collection = _collection()
+        catalog = _catalog(proxy.url)
+        catalog.ensure_collection(collection)
+        proxy.failures = [("POST", 429)]
+        catalog.put_item(_item(collection, "l"), "create-or-skip")
+        assert [s for m, _p, s in proxy.seen if m == "POST"][-2:] == [429, 201]
+    finally:
+        proxy.close()
+
+
+def test_unreachable_api_is_transient() -> None:
+    catalog = _catalog(f"http://{LOOPBACK}:{free_port()}", stac_api_retries=1)
+    with pytest.raises(TransientError) as excinfo:
+        catalog.put_item(_item("anything", "m"), "upsert")
+    assert "ConnectError" in excinfo.value.message
