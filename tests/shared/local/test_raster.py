@@ -13,6 +13,10 @@ import morecantile
 import numpy as np
 import pytest
 
+from geozarr_pipeline.catalog import open_catalog
+from geozarr_pipeline.config import Settings
+from geozarr_pipeline.local.stack import LocalStack
+from tests.fixtures.stack import ChainRun
 from tests.fixtures.visual import MapSetup, read_png
 
 WEB_MERCATOR = morecantile.tms.get("WebMercatorQuad")
@@ -164,3 +168,33 @@ def test_unknown_item_is_404(map_setup: MapSetup) -> None:
 
 def test_healthz(map_setup: MapSetup) -> None:
     assert httpx.get(f"{map_setup.raster_url}/healthz", timeout=10).status_code == 200
+
+
+def test_every_link_of_the_chain_item_is_answered(
+    local_stack: LocalStack, chain_run: ChainRun
+) -> None:
+    """The item the whole local chain produced: each link it carries works on this stack."""
+    done = chain_run.augment_done
+    settings = Settings(catalog_backend="static", catalog_root=local_stack.root / "catalog")
+    item = open_catalog(settings).get_item(done["collection"], done["item_id"])
+    links = {link["rel"]: link["href"] for link in item["links"]}
+    for rel in ("viewer", "xyz", "tilejson", "wmts"):
+        assert links[rel].startswith(local_stack.raster_url + "/collections/"), rel
+    assert links["viewer"] == done["viewer_url"]
+
+    tilejson = httpx.get(links["tilejson"], timeout=60).json()
+    assert tilejson["tilejson"] == "3.0.0"
+    lon, lat = footprint_centre(item)
+    tile = WEB_MERCATOR.tile(lon, lat, tilejson["maxzoom"])
+    tile_response = httpx.get(fill_template(links["xyz"], tile.z, tile.x, tile.y), timeout=60)
+    assert tile_response.status_code == 200
+    assert (read_png(tile_response.content)[3] > 0).mean() > 0.5
+    thumbnail = httpx.get(item["assets"]["thumbnail"]["href"], timeout=60)
+    assert thumbnail.status_code == 200
+    assert read_png(thumbnail.content).shape[0] == 4
+    wmts = httpx.get(links["wmts"], timeout=60)
+    assert wmts.status_code == 200
+    assert ET.fromstring(wmts.content).tag == f"{WMTS}Capabilities"
+    viewer = httpx.get(links["viewer"], timeout=60)
+    assert viewer.status_code == 200
+    assert done["item_id"] in viewer.text
