@@ -19,6 +19,7 @@ from geozarr_pipeline.catalog.static import StaticCatalog
 from geozarr_pipeline.config import Settings
 from geozarr_pipeline.events import EventType, RegisterDone, Stage, reply_id
 from geozarr_pipeline.local.processes import LOOPBACK, ManagedProcess, free_port, http_ready
+from geozarr_pipeline.stac.validate import validation_errors
 from tests.fixtures.stac_api import ConvertedStore
 from tests.fixtures.visual import map_settings, register
 
@@ -120,6 +121,7 @@ def test_register_done_adds_the_map_links_and_replies(augment_function: AugmentF
     assert stored["assets"]["thumbnail"]["href"].startswith(f"{root}/preview?format=png&")
     assert "true-color" in stored["properties"]["renders"]
     assert stored["assets"]["reflectance"] == before["assets"]["reflectance"]
+    assert validation_errors(stored) == []
 
 
 @pytest.mark.parametrize("mode", ["binary", "structured"])

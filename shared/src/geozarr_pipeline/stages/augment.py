@@ -12,16 +12,10 @@ import logging
 from geozarr_pipeline.catalog import Catalog, open_catalog
 from geozarr_pipeline.config import Settings
 from geozarr_pipeline.events import AugmentDone, RegisterDone
+from geozarr_pipeline.stac.validate import validate_item
 from geozarr_pipeline.visual import RasterApi, add_visualisation
 
 log = logging.getLogger(__name__)
-
-
-def _open_catalog(settings: Settings) -> Catalog:
-    from geozarr_pipeline.catalog import open_catalog
-
-    catalog: Catalog = open_catalog(settings)
-    return catalog
 
 
 def run(event: RegisterDone, settings: Settings, catalog: Catalog | None = None) -> AugmentDone:
@@ -33,6 +27,7 @@ def run(event: RegisterDone, settings: Settings, catalog: Catalog | None = None)
         item_url = catalog.item_url(event.collection, event.item_id)
         written = False
     else:
+        validate_item(augmented)
         item_url = catalog.put_item(augmented, mode="upsert")
         written = True
     viewer_url = api.viewer_url(event.collection, event.item_id)
