@@ -19,11 +19,17 @@ REFL = "measurements/reflectance"
 
 
 def raw_conversion(source: Path, output: Path, keep_scale_offset: bool) -> Path:
-    """What eopf-geozarr writes on its own (no check, no repairs)."""
-    settings = Settings(allow_file_urls=True)
-    tree = engine.open_source(str(source), settings)
-    engine.convert(
-        tree, str(output), engine.EffectiveOptions(256, False, keep_scale_offset), settings
+    """What eopf-geozarr writes on its own (no workaround, no check, no repairs)."""
+    library = engine.load_library()
+    tree = library.open_source_datatree(str(source))
+    library.convert_s2_optimized(
+        tree,
+        output_path=str(output),
+        enable_sharding=False,
+        spatial_chunk=256,
+        compression_level=3,
+        validate_output=False,
+        keep_scale_offset=keep_scale_offset,
     )
     return output
 
@@ -170,3 +176,15 @@ def test_sampled_native_check_reads_fewer_windows(
     report = run_check(sample_root, store, native_mode="sample")
     assert report.native_mode == "sample"
     assert report.arrays_checked > 0
+
+
+def test_engine_avoids_the_b08_defect_at_its_root(sample_root: SampleRoot, tmp_path: Path) -> None:
+    settings = Settings(allow_file_urls=True)
+    tree = engine.open_source(str(sample_root.l2a.product_path), settings)
+    store = tmp_path / "out.zarr"
+    engine.convert(tree, str(store), engine.EffectiveOptions(256, False, False), settings)
+    report = run_check(sample_root, store)
+    assert report.repaired == []
+    expected = check.block_all(source_nodata(sample_root, "r10m", "b08"), 6)
+    b08 = zarr.open_group(str(store), mode="r")[f"{REFL}/r60m/b08"][:]
+    np.testing.assert_array_equal(np.isnan(b08), expected)

@@ -72,7 +72,7 @@ def test_item_source_to_filesystem_then_noop_redelivery_then_force(
         "enable_sharding": False,
         "keep_scale_offset": False,
     }
-    assert any("b08" in r for r in marker["check"]["repaired"])
+    assert marker["check"]["repaired"] == []  # the b08 defect is avoided, and checked
     assert list(location.staging_folder.iterdir()) == []
 
     before = location.marker.stat().st_mtime_ns

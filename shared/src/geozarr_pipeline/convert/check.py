@@ -179,19 +179,23 @@ def _base_transform(source_level: Any, factor: int) -> tuple[float, float, float
 
 
 class OutputChecker:
-    """Check (and repair) one converted store against its source."""
+    """Check (and repair) one converted store against its source, in two phases.
+
+    `check_native` compares the native levels (r10m, r20m, r60m) with the source; it reads
+    only those levels' arrays, so it can run while the library still writes the other
+    groups. `check_pyramid` then checks every level's geometry, the multiscales layout and
+    the derived levels, and raises OutputCheckFailed with every problem found.
+    """
 
     def __init__(
         self,
         source: Any,
-        output: Any,
         *,
         native_mode: str = "full",
         on_level: Callable[[str], None] | None = None,
         threads: int = 2,
     ) -> None:
         self.source = source
-        self.output = output
         self.native_mode = native_mode
         self.on_level = on_level
         self.threads = threads
@@ -199,45 +203,60 @@ class OutputChecker:
         # Expected nodata masks of the levels that later levels derive from.
         self.expected: dict[str, dict[str, Mask]] = {}
         self.modified: dict[str, set[str]] = {}
+        source_refl = source[REFLECTANCE]
+        self.native = [lvl for lvl in NATIVE_LEVELS if lvl in source_refl]
+        if not self.native:
+            raise OutputCheckFailed("the source has no reflectance resolution groups")
+
+    @property
+    def native_groups(self) -> set[str]:
+        """Output group paths whose arrays `check_native` reads."""
+        return {f"/{REFLECTANCE}/{level}" for level in self.native}
 
     def problem(self, message: str) -> None:
         self.report.problems.append(message)
 
-    def run(self) -> CheckReport:
+    def check_native(self, output: Any) -> None:
         source_refl = self.source[REFLECTANCE]
-        if REFLECTANCE not in self.output:
-            raise OutputCheckFailed("the output has no measurements/reflectance group")
-        out_refl = self.output[REFLECTANCE]
-        native = [lvl for lvl in NATIVE_LEVELS if lvl in source_refl]
-        if not native:
-            raise OutputCheckFailed("the source has no reflectance resolution groups")
-        finest = native[0]
+        if REFLECTANCE not in output:
+            self.problem("the output has no measurements/reflectance group")
+            return
+        out_refl = output[REFLECTANCE]
+        with ThreadPoolExecutor(max_workers=self.threads) as pool:
+            for level in self.native:
+                if level not in out_refl:
+                    continue  # reported by check_pyramid
+                self._check_native_level(source_refl, out_refl, level, pool)
+                self._emit(level)
+
+    def check_pyramid(self, output: Any) -> CheckReport:
+        source_refl = self.source[REFLECTANCE]
+        if REFLECTANCE not in output:
+            self.problem("the output has no measurements/reflectance group")
+            self._raise_problems()
+        out_refl = output[REFLECTANCE]
+        finest = self.native[0]
         size10, x0, y0 = _base_transform(source_refl[finest], LEVEL_FACTORS[finest])
         epsg = _epsg_of(self.source)
-        for level in (*native, *(d[0] for d in DERIVED_LEVELS)):
+        for level in (*self.native, *(d[0] for d in DERIVED_LEVELS)):
             if level not in out_refl:
                 self.problem(f"level {level} is missing")
                 continue
             self._check_geometry(out_refl[level], level, size10, x0, y0, epsg)
         self._check_multiscales(out_refl)
-        if self.report.problems:
-            raise OutputCheckFailed(
-                "output check failed: " + "; ".join(self.report.problems[:20]),
-                problems=self.report.problems[:50],
-            )
-        with ThreadPoolExecutor(max_workers=self.threads) as pool:
-            for level in native:
-                self._check_native_level(source_refl, out_refl, level, pool)
-                self._emit(level)
-            for level, parent, factor in DERIVED_LEVELS:
-                self._check_derived_level(out_refl, level, parent, factor)
-                self._emit(level)
-        if self.report.problems:
-            raise OutputCheckFailed(
-                "output check failed: " + "; ".join(self.report.problems[:20]),
-                problems=self.report.problems[:50],
-            )
+        self._raise_problems()
+        for level, parent, factor in DERIVED_LEVELS:
+            self._check_derived_level(out_refl, level, parent, factor)
+            self._emit(level)
+        self._raise_problems()
         return self.report
+
+    def _raise_problems(self) -> None:
+        if self.report.problems:
+            raise OutputCheckFailed(
+                "output check failed: " + "; ".join(self.report.problems[:20]),
+                problems=self.report.problems[:50],
+            )
 
     def _emit(self, level: str) -> None:
         if self.on_level is not None:
@@ -459,4 +478,6 @@ def check_output(
     on_level: Callable[[str], None] | None = None,
 ) -> CheckReport:
     """Check (and repair) an opened output group against its opened source group."""
-    return OutputChecker(source, output, native_mode=native_mode, on_level=on_level).run()
+    checker = OutputChecker(source, native_mode=native_mode, on_level=on_level)
+    checker.check_native(output)
+    return checker.check_pyramid(output)

@@ -246,6 +246,23 @@ def _is_network_error(exc: BaseException) -> bool:
     )
 
 
+def avoid_injected_band_defect(tree: Any) -> None:
+    """Stop eopf-geozarr 0.12.0 from writing 0.0 into the injected b08's nodata (float mode).
+
+    When it injects b08 into r20m/r60m, `_coarsen_variable` masks the decoded band against
+    its *encoding* `_FillValue` (the raw DN 0), averages with skipna and then `fillna(0)`:
+    blocks with no data become 0.0 instead of NaN, and r120m+ average those zeros in. The
+    decoded data already carries NaN for nodata, so without the stale encoding entry the
+    library takes its plain nan-mean path. Float mode drops `_FillValue` from the output
+    encoding anyway, so nothing else changes. The output check still verifies the result.
+    """
+    for path in tree.groups:
+        if path.startswith("/measurements/reflectance/"):
+            node = tree[path]
+            for name in node.data_vars:
+                node[name].encoding.pop("_FillValue", None)
+
+
 def convert(
     tree: Any,
     write_url: str,
@@ -255,6 +272,8 @@ def convert(
 ) -> None:
     """Run `convert_s2_optimized` into `write_url` (a fresh, empty location)."""
     library = load_library()
+    if not options.keep_scale_offset:
+        avoid_injected_band_defect(tree)
     token = _on_group_written.set(on_group_written)
     try:
         with output_environment(settings, write_url), warnings.catch_warnings():

@@ -8,6 +8,7 @@ publish; write the marker last; release the lease.
 
 from __future__ import annotations
 
+import threading
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -64,21 +65,32 @@ def _convert(
     lease: storage.Lease,
     progress: Progress,
 ) -> ConvertDone:
+    import zarr
+
     location.clear()
     location.prepare()
     tree = engine.open_source(source.zarr_url, settings)
     progress.step("open", groups=len(tree.groups))
-    started = time.monotonic()
-    engine.convert(
-        tree,
-        location.write_url,
-        options,
-        settings,
-        on_group_written=lambda group: progress.step("group written", group=group),
+    checker = check.OutputChecker(
+        zarr.open_group(
+            sources.local_path(source.zarr_url),
+            mode="r",
+            storage_options=sources.storage_options(source.zarr_url, settings),
+        ),
+        native_mode=settings.convert_check_native,
+        on_level=lambda level: progress.step("level checked", pyramid_level=level),
     )
-    progress.step("converted", seconds=round(time.monotonic() - started, 3))
+    started = time.monotonic()
+    with NativeCheck(checker, location) as native_check:
+
+        def on_group_written(group: str) -> None:
+            progress.step("group written", group=group)
+            native_check.group_written(group)
+
+        engine.convert(tree, location.write_url, options, settings, on_group_written)
+        progress.step("converted", seconds=round(time.monotonic() - started, 3))
     try:
-        report = _check(source, location, settings, progress)
+        report = checker.check_pyramid(_open_output(location, consolidated=True))
     except OutputCheckFailed:
         location.discard()
         progress.step("check failed")
@@ -99,28 +111,56 @@ def _convert(
     return done
 
 
-def _check(
-    source: sources.SourceProduct,
-    location: storage.OutputLocation,
-    settings: Settings,
-    progress: Progress,
-) -> check.CheckReport:
+def _open_output(location: storage.OutputLocation, *, consolidated: bool) -> Any:
     import zarr
 
-    source_group = zarr.open_group(
-        sources.local_path(source.zarr_url),
-        mode="r",
-        storage_options=sources.storage_options(source.zarr_url, settings),
+    return zarr.open_group(
+        location.write_url,
+        mode="r+",
+        storage_options=location.storage_options(),
+        use_consolidated=None if consolidated else False,
     )
-    output_group = zarr.open_group(
-        location.write_url, mode="r+", storage_options=location.storage_options()
-    )
-    return check.check_output(
-        source_group,
-        output_group,
-        native_mode=settings.convert_check_native,
-        on_level=lambda level: progress.step("level checked", pyramid_level=level),
-    )
+
+
+class NativeCheck:
+    """Runs the native-level check in a thread as soon as those levels are written.
+
+    The library writes r10m/r20m/r60m early and then spends a while on the quality groups
+    and the coarser levels; checking the native levels meanwhile takes the check (mostly)
+    off the critical path. It runs after the conversion if the levels never showed up.
+    """
+
+    def __init__(self, checker: check.OutputChecker, location: storage.OutputLocation) -> None:
+        self.checker = checker
+        self.location = location
+        self.pending = set(checker.native_groups)
+        self.thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+
+    def group_written(self, group: str) -> None:
+        self.pending.discard(group)
+        if not self.pending and self.thread is None:
+            self.thread = threading.Thread(target=self._run, name="native-check", daemon=True)
+            self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.checker.check_native(_open_output(self.location, consolidated=False))
+        except BaseException as exc:  # noqa: BLE001  # re-raised in the caller's thread on exit
+            self.error = exc
+
+    def __enter__(self) -> NativeCheck:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        if self.thread is not None:
+            self.thread.join()
+        if exc_type is not None:
+            return
+        if self.thread is None:
+            self._run()
+        if self.error is not None:
+            raise self.error
 
 
 def _marker(
