@@ -31,6 +31,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
         "sharding": False,
         "check": "sample",
     },
+    "stage-2048": {"kind": "stage", "spatial_chunk": 2048, "sharding": False, "check": "full"},
     "direct-1024": {"kind": "direct", "spatial_chunk": 1024, "sharding": False},
     "direct-2048": {"kind": "direct", "spatial_chunk": 2048, "sharding": False},
     "direct-4096": {"kind": "direct", "spatial_chunk": 4096, "sharding": False},
@@ -225,6 +226,7 @@ def measure(name: str, product: Path, work: Path) -> dict[str, Any]:
     size, count = tree_size(store)
     result.update(
         peak_rss_mib=round(usage.ru_maxrss / 1024, 1),
+        cpu_s=round(usage.ru_utime + usage.ru_stime, 1),
         output_bytes=size,
         objects=count,
         load_before=round(load_before, 2),
@@ -234,6 +236,29 @@ def measure(name: str, product: Path, work: Path) -> dict[str, Any]:
     return result
 
 
+def markdown_table(results: list[dict[str, Any]]) -> str:
+    """One row per run; ratios against the fastest direct run and the fastest copy floor."""
+    direct = [r["wall_s"] for r in results if r["kind"] == "direct"]
+    floor = [r["wall_s"] for r in results if r["kind"] == "copy"]
+    fastest = min(direct) if direct else None
+    copy = min(floor) if floor else None
+    lines = [
+        "| # | configuration | wall s | CPU s | peak RSS MiB | output MB | objects "
+        "| / fastest direct | / copy floor | check s | load 1m before/after |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for index, r in enumerate(results, 1):
+        ratio = f"{r['wall_s'] / fastest:.2f}" if fastest else "-"
+        to_floor = f"{r['wall_s'] / copy:.2f}" if copy else "-"
+        lines.append(
+            f"| {index} | {r['config']} | {r['wall_s']:.1f} | {r.get('cpu_s', '-')} "
+            f"| {r['peak_rss_mib']:.0f} | {r['output_bytes'] / 1e6:.0f} | {r['objects']} "
+            f"| {ratio} | {to_floor} | {r.get('check_s', '-')} "
+            f"| {r['load_before']}/{r['load_after']} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--product", type=Path, required=True)
@@ -241,6 +266,7 @@ def main() -> int:
     parser.add_argument("--synthesize", action="store_true", help="write a full-size L2A first")
     parser.add_argument("--configs", default=",".join(DEFAULT_ORDER))
     parser.add_argument("--results", type=Path, default=None)
+    parser.add_argument("--table", action="store_true", help="print a markdown table of --results")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--output", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--result-file", type=Path, default=None, help=argparse.SUPPRESS)
@@ -251,6 +277,9 @@ def main() -> int:
         args.result_file.write_text(json.dumps(result))
         return 0
 
+    if args.table:
+        print(markdown_table([json.loads(line) for line in args.results.read_text().splitlines()]))
+        return 0
     args.work.mkdir(parents=True, exist_ok=True)
     if args.synthesize or not args.product.exists():
         from geozarr_pipeline.sample.synthesize import synthesize_product
