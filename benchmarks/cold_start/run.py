@@ -104,6 +104,28 @@ def one_run(
     return elapsed, cpu
 
 
+LIBRARY_PROBE = (
+    "import time, geozarr_convert.main\n"
+    "from geozarr_pipeline.convert.engine import load_library\n"
+    "started = time.perf_counter()\n"
+    "load_library()\n"
+    "print(time.perf_counter() - started)"
+)
+
+
+def converter_load(python: Path, workdir: Path) -> float:
+    """Seconds the first conversion spends importing eopf-geozarr (convert loads it lazily)."""
+    result = subprocess.run(
+        [str(python), "-c", LIBRARY_PROBE],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=workdir,
+        timeout=300,
+    )
+    return float(result.stdout.strip().splitlines()[-1])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=7)
@@ -140,6 +162,11 @@ def main(argv: list[str] | None = None) -> int:
                 f"max {max(runs):.3f}s  cpu {cpu:.3f}s  target < {TARGETS[stage]:.0f}s  "
                 f"{'ok' if median < TARGETS[stage] else 'MISSED'}"
             )
+        if Stage.CONVERT in stages:
+            loads = [converter_load(args.python, workdir) for _ in range(3)]
+            library = statistics.median(loads)
+            results["convert"]["converter_import_s"] = round(library, 3)
+            print(f"convert   + {library:.3f}s to import eopf-geozarr on the first conversion")
     load = os.getloadavg()
     print(f"cpus: {os.cpu_count()}")
     print(f"load average during the run: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
