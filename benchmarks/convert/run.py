@@ -24,14 +24,15 @@ from pathlib import Path
 from typing import Any
 
 CONFIGS: dict[str, dict[str, Any]] = {
-    "stage": {"kind": "stage", "spatial_chunk": 1024, "sharding": False, "check": "full"},
-    "stage-sample-check": {
+    # The stage with its defaults (spatial chunk 1024, no sharding, float, sampled check).
+    "stage": {"kind": "stage", "spatial_chunk": 1024, "sharding": False, "check": "sample"},
+    "stage-full-check": {
         "kind": "stage",
         "spatial_chunk": 1024,
         "sharding": False,
-        "check": "sample",
+        "check": "full",
     },
-    "stage-2048": {"kind": "stage", "spatial_chunk": 2048, "sharding": False, "check": "full"},
+    "stage-2048": {"kind": "stage", "spatial_chunk": 2048, "sharding": False, "check": "sample"},
     "direct-1024": {"kind": "direct", "spatial_chunk": 1024, "sharding": False},
     "direct-2048": {"kind": "direct", "spatial_chunk": 2048, "sharding": False},
     "direct-4096": {"kind": "direct", "spatial_chunk": 4096, "sharding": False},
@@ -44,7 +45,7 @@ DEFAULT_ORDER = (
     "direct-1024",
     "stage",
     "copy-floor",
-    "stage-sample-check",
+    "stage-full-check",
     "direct-2048",
     "direct-4096",
     "cli-default",

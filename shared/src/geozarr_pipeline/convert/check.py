@@ -297,11 +297,11 @@ class OutputChecker:
     ) -> list[tuple[slice, slice]]:
         """Windows on the source chunk grid (full mode), or one strip (sample mode).
 
-        The sample is one output-chunk-high strip across the whole width, inside one source
-        row of chunks (a different one for each band), so that it decompresses a fraction
-        of the source and of the output. The library's native copy is a per-array cast
-        (a defect there is systematic, not local); the defects that are local (injected
-        bands, coarser levels) are always checked in full.
+        The sample is one output-chunk-high strip inside one source chunk (a different one
+        for each band), so that it decompresses one source chunk and a strip of the output.
+        The library's defects are systematic per array (a cast, a fill value), so a strip
+        that crosses nodata shows them; a finding in a strip escalates to the whole band.
+        The coarsest native level and the derived levels are always checked in full.
         """
         rows, cols = src.shape
         row_step, col_step = src.chunks
@@ -315,7 +315,10 @@ class OutputChecker:
             start = -(-first // height) * height
             if start >= last:
                 start = first
-            row_windows = [(start, min(start + height, last))]
+            col_starts = list(range(0, cols, col_step))
+            col = col_starts[(salt // len(row_starts)) % len(col_starts)]
+            stop = min(start + height, last)
+            return [(slice(start, stop), slice(col, min(col + col_step, cols)))]
         return [
             (slice(r0, r1), slice(c, min(c + col_step, cols)))
             for r0, r1 in row_windows
