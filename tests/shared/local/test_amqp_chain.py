@@ -53,7 +53,6 @@ def bridge(rabbitmq: RabbitMQ, local_stack: LocalStack, tmp_path: Path) -> Itera
         process.stop()
 
 
-@pytest.mark.slow
 def test_legacy_and_cloudevent_messages_run_the_chain(
     rabbitmq: RabbitMQ, local_stack: LocalStack, bridge: ManagedProcess
 ) -> None:
