@@ -1,6 +1,6 @@
 """Latency of the local raster API on a synthetic L2A product converted by eopf-geozarr.
 
-    uv run python bench/raster_tiles.py --scale 0.5 --out bench/out/raster
+    uv run python benchmarks/raster/run.py --scale 0.5 --out data/bench/raster
 
 Synthesizes the sample at `--scale`, converts it (spatial_chunk 1024, unsharded), augments a
 minimal item and times the app in-process (Starlette TestClient): TileJSON, one tile at the
@@ -56,7 +56,7 @@ def timed(client: TestClient, url: str, repeat: int) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--scale", type=float, default=0.5)
-    parser.add_argument("--out", type=Path, default=Path("bench/out/raster"))
+    parser.add_argument("--out", type=Path, default=Path("data/bench/raster"))
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
