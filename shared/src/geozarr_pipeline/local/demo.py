@@ -19,7 +19,6 @@ from geozarr_pipeline.cli import SubParsers
 from geozarr_pipeline.events import EventType
 from geozarr_pipeline.local.broker import default_manifests
 from geozarr_pipeline.local.stack import LocalStack
-from geozarr_pipeline.sample.build import Sample, write_sample
 from geozarr_pipeline.sample.layout import item_url
 
 
@@ -86,6 +85,8 @@ def _stack(args: argparse.Namespace) -> int:
     ports = {name: getattr(args, f"{name}_port") for name in DEFAULT_PORTS}
     with LocalStack(_prepare_root(args), manifests=args.manifests, ports=ports) as stack:
         _print_urls(stack)
+        from geozarr_pipeline.sample.build import write_sample
+
         sample = write_sample(stack.samples_dir, "l2a", scale=args.scale)
         print(f"sample item: {item_url(stack.sample_url, sample.collection, sample.item_id)}")
         print("stack running; press Ctrl-C to stop", flush=True)
@@ -134,7 +135,9 @@ def _demo(args: argparse.Namespace) -> int:
     started = time.monotonic()
     with LocalStack(root, manifests=args.manifests) as stack:
         _print_urls(stack)
-        sample: Sample = write_sample(stack.samples_dir, args.product, scale=args.scale)
+        from geozarr_pipeline.sample.build import write_sample
+
+        sample = write_sample(stack.samples_dir, args.product, scale=args.scale)
         print(f"sample product {sample.item_id} ({sample.collection}) at scale {args.scale}")
         source_url = item_url(stack.sample_url, sample.collection, sample.item_id)
         seq = stack.publish(convert_requested_event(source_url, sample.item_id, sample.collection))
