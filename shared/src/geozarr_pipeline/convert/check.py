@@ -222,8 +222,11 @@ class OutputChecker:
             self.problem("the output has no measurements/reflectance group")
             return
         out_refl = output[REFLECTANCE]
+        # The coarsest level first: it is checked in full, and its nodata masks show the
+        # sampling of the finer levels where the nodata edges are.
+        order = [self.native[-1], *self.native[:-1]]
         with ThreadPoolExecutor(max_workers=self.threads) as pool:
-            for level in self.native:
+            for level in order:
                 if level not in out_refl:
                     continue  # reported by check_pyramid
                 self._check_native_level(source_refl, out_refl, level, pool)
@@ -293,7 +296,7 @@ class OutputChecker:
                 self.problem(f"multiscales layout does not list {level}")
 
     def _native_windows(
-        self, src: Any, out: Any, keep_mask: bool, salt: int
+        self, src: Any, out: Any, keep_mask: bool, salt: int, level: str, name: str
     ) -> list[tuple[slice, slice]]:
         """Windows on the source chunk grid (full mode), or one strip (sample mode).
 
@@ -309,16 +312,19 @@ class OutputChecker:
         if keep_mask or self.native_mode == "full":
             row_windows = [(r, min(r + row_step, rows)) for r in row_starts]
         else:
-            first = row_starts[salt % len(row_starts)]
-            last = min(first + row_step, rows)
             height = out.chunks[0]
-            start = -(-first // height) * height
-            if start >= last:
-                start = first
-            col_starts = list(range(0, cols, col_step))
-            col = col_starts[(salt // len(row_starts)) % len(col_starts)]
-            stop = min(start + height, last)
-            return [(slice(start, stop), slice(col, min(col + col_step, cols)))]
+            candidates = []
+            for first in row_starts:
+                last = min(first + row_step, rows)
+                start = min(-(-first // height) * height, first + max(row_step - height, 0))
+                for r0 in range(start, last, height):
+                    for col in range(0, cols, col_step):
+                        window = (
+                            slice(r0, min(r0 + height, last)),
+                            slice(col, min(col + col_step, cols)),
+                        )
+                        candidates.append(window)
+            return [self._pick_window(candidates, level, name, salt)]
         return [
             (slice(r0, r1), slice(c, min(c + col_step, cols)))
             for r0, r1 in row_windows
@@ -333,6 +339,7 @@ class OutputChecker:
         # Only the coarsest native level's masks are needed later (its derived levels).
         keep = level == self.native[-1]
         expected: dict[str, Mask] = {}
+        self.expected[level] = expected
         for salt, name in enumerate(sorted(out_bands)):
             out = out_bands[name]
             if name in source_bands:
@@ -372,6 +379,29 @@ class OutputChecker:
             self.problem(f"{level}: bands missing from the output: {', '.join(missing)}")
         self.expected[level] = expected
 
+    def _pick_window(
+        self, candidates: list[tuple[slice, slice]], level: str, name: str, salt: int
+    ) -> tuple[slice, slice]:
+        """The candidate that crosses the most nodata edge in the coarsest level's masks."""
+        masks = self.expected.get(self.native[-1], {})
+        guide = masks.get(name)
+        if guide is None and masks:
+            guide = next(iter(masks.values()))
+        if guide is None or level == self.native[-1]:
+            return candidates[salt % len(candidates)]
+        factor = LEVEL_FACTORS[self.native[-1]] // LEVEL_FACTORS[level]
+        best, best_score = candidates[salt % len(candidates)], 0
+        for rows, cols in candidates:
+            region = guide[
+                rows.start // factor : -(-rows.stop // factor),
+                cols.start // factor : -(-cols.stop // factor),
+            ]
+            nodata = int(region.sum())
+            score = min(nodata, region.size - nodata)
+            if score > best_score:
+                best, best_score = (rows, cols), score
+        return best
+
     def _findings(self) -> tuple[int, int]:
         return len(self.report.problems), len(self.report.repaired)
 
@@ -401,9 +431,12 @@ class OutputChecker:
     ) -> None:
         """Sample mode: one output-chunk-high strip against its block of the source."""
         height = out.chunks[0]
-        starts = list(range(0, out.shape[0], height))
-        start = starts[salt % len(starts)]
-        stop = min(start + height, out.shape[0])
+        strips = [
+            (slice(r, min(r + height, out.shape[0])), slice(0, out.shape[1]))
+            for r in range(0, out.shape[0], height)
+        ]
+        rows, _ = self._pick_window(strips, level, name, salt)
+        start, stop = int(rows.start), int(rows.stop)
         source_mask = _source_nodata(
             src, src[start * factor : stop * factor, : out.shape[1] * factor]
         )
@@ -421,7 +454,7 @@ class OutputChecker:
         salt: int,
     ) -> Mask | None:
         band = _Band(out)
-        windows = self._native_windows(src, out, keep_mask, salt)
+        windows = self._native_windows(src, out, keep_mask, salt, level, name)
 
         def compare(window: tuple[slice, slice]) -> tuple[int, Mask | None, Mask]:
             src_mask = _source_nodata(src, src[window])
