@@ -37,7 +37,7 @@ class Settings(BaseSettings):
     # Convert stage: source S3 access, lease of a running conversion, depth of the output check.
     source_s3_endpoint_url: str | None = None
     source_s3_anonymous: bool = True
-    convert_lease_seconds: float = Field(default=600.0, gt=0)
+    convert_lease_seconds: float = Field(default=120.0, gt=0)
     convert_check_native: Literal["full", "sample"] = "sample"
     convert_s3_write: Literal["staged", "direct"] = "staged"
 
