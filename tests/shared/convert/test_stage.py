@@ -19,7 +19,7 @@ import zarr
 
 from geozarr_pipeline.config import Settings
 from geozarr_pipeline.convert import check, storage
-from geozarr_pipeline.errors import InProgress, UnsupportedProduct
+from geozarr_pipeline.errors import InProgress, OutputCheckFailed, UnsupportedProduct
 from geozarr_pipeline.events import ConvertDone, ConvertRequested
 from geozarr_pipeline.local.processes import ManagedProcess
 from geozarr_pipeline.stages import convert
@@ -253,3 +253,28 @@ def test_killed_on_s3_waits_for_the_lease_then_completes(
     time.sleep(max(0.0, 3.2 - (time.monotonic() - killed_at)))
     done = convert.run(event, settings)
     assert_complete_store(done, sample_server, storage.s3_storage_options(settings))
+
+
+def test_a_store_failing_its_check_is_never_published(
+    sample_server: SampleServerInfo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = local_settings(tmp_path)
+    event = item_event(sample_server)
+    original = check.OutputChecker.check_pyramid
+
+    def failing(self: check.OutputChecker, output: Any) -> check.CheckReport:
+        self.problem("r10m/b04: 7 pixels are nodata where the source has data")  # the fault
+        return original(self, output)
+
+    monkeypatch.setattr(check.OutputChecker, "check_pyramid", failing)
+    with pytest.raises(OutputCheckFailed, match="r10m/b04") as caught:
+        convert.run(event, settings)
+    assert not caught.value.retryable
+    location = storage.output_for(settings, event.collection, event.resolved_item_id)
+    assert isinstance(location, storage.LocalOutput)
+    assert location.read_marker() is None
+    assert not location.store.exists()
+    assert list(location.staging_folder.iterdir()) == []
+
+    monkeypatch.setattr(check.OutputChecker, "check_pyramid", original)
+    assert_complete_store(convert.run(event, settings), sample_server)

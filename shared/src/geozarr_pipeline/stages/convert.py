@@ -2,8 +2,9 @@
 
 Order of work, so that a crash at any point leaves nothing that looks finished:
 marker present -> reply from it (fast no-op); resolve and vet the source; take the lease;
-clear leftovers; convert into a fresh location; check (and repair) against the source;
-publish; write the marker last; release the lease.
+clear leftovers; convert into a fresh location (staging), checking the native levels while
+the library writes the rest; check the pyramid (and repair known defects); publish; write
+the marker last; release the lease. A failed attempt discards what it wrote.
 """
 
 from __future__ import annotations
@@ -65,10 +66,39 @@ def _convert(
     lease: storage.Lease,
     progress: Progress,
 ) -> ConvertDone:
-    import zarr
-
     location.clear()
     location.prepare()
+    try:
+        report = _write_and_check(settings, source, options, location, progress)
+    except BaseException:
+        # Nothing unchecked may stay behind (a kill skips this; the next attempt clears).
+        location.discard()
+        raise
+    progress.step("checked", arrays=report.arrays_checked, repaired=report.repaired)
+    location.publish()
+    lease.verify()
+    done = ConvertDone(
+        item_id=event.resolved_item_id,
+        collection=event.collection,
+        source_url=source.source_url,
+        source_item_url=source.item_url,
+        zarr_url=source.zarr_url,
+        output_url=location.url,
+    )
+    location.write_marker(_marker(done, options, report, progress))
+    progress.step("done", output_url=done.output_url)
+    return done
+
+
+def _write_and_check(
+    settings: Settings,
+    source: sources.SourceProduct,
+    options: engine.EffectiveOptions,
+    location: storage.OutputLocation,
+    progress: Progress,
+) -> check.CheckReport:
+    import zarr
+
     tree = engine.open_source(source.zarr_url, settings)
     progress.step("open", groups=len(tree.groups))
     checker = check.OutputChecker(
@@ -90,25 +120,10 @@ def _convert(
         engine.convert(tree, location.write_url, options, settings, on_group_written)
         progress.step("converted", seconds=round(time.monotonic() - started, 3))
     try:
-        report = checker.check_pyramid(_open_output(location, consolidated=True))
-    except OutputCheckFailed:
-        location.discard()
-        progress.step("check failed")
+        return checker.check_pyramid(_open_output(location, consolidated=True))
+    except OutputCheckFailed as exc:
+        progress.step("check failed", problems=exc.details.get("problems", []))
         raise
-    progress.step("checked", arrays=report.arrays_checked, repaired=report.repaired)
-    location.publish()
-    lease.verify()
-    done = ConvertDone(
-        item_id=event.resolved_item_id,
-        collection=event.collection,
-        source_url=source.source_url,
-        source_item_url=source.item_url,
-        zarr_url=source.zarr_url,
-        output_url=location.url,
-    )
-    location.write_marker(_marker(done, options, report, progress))
-    progress.step("done", output_url=done.output_url)
-    return done
 
 
 def _open_output(location: storage.OutputLocation, *, consolidated: bool) -> Any:
