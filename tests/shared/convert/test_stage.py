@@ -278,3 +278,22 @@ def test_a_store_failing_its_check_is_never_published(
 
     monkeypatch.setattr(check.OutputChecker, "check_pyramid", original)
     assert_complete_store(convert.run(event, settings), sample_server)
+
+
+def test_keep_scale_offset_dn1000_nodata_is_repaired_by_the_stage(
+    sample_server: SampleServerInfo, tmp_path: Path
+) -> None:
+    settings = local_settings(tmp_path)
+    done = convert.run(item_event(sample_server, keep_scale_offset=True), settings)
+    location = storage.output_for(settings, done.collection, done.item_id)
+    marker = location.read_marker()
+    assert marker is not None
+    repaired = marker["check"]["repaired"]
+    assert any(r.startswith("r20m/b08") for r in repaired)
+    assert any(r.startswith("r120m/b02") for r in repaired)
+    output = zarr.open_group(done.output_url, mode="r+")
+    b02 = output[f"{REFL}/r120m/b02"]
+    assert b02.dtype == np.uint16
+    assert int((b02[:] == 1000).sum()) < int((b02[:] == b02.attrs["_FillValue"]).sum())
+    source = zarr.open_group(str(sample_server.l2a.product_path), mode="r")
+    assert check.check_output(source, output).repaired == []

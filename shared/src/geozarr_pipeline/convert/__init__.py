@@ -1,0 +1,1 @@
+"""The convert stage's parts: sources, storage, engine (eopf-geozarr), check, progress."""
