@@ -14,6 +14,8 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+from pydantic import ValidationError
+
 from geozarr_pipeline.config import Settings
 from geozarr_pipeline.convert import check, engine, sources, storage
 from geozarr_pipeline.convert.progress import Progress
@@ -28,7 +30,10 @@ def finished(location: storage.OutputLocation) -> ConvertDone | None:
         return None
     if not location.store_exists():
         return None
-    return ConvertDone.model_validate(marker["done"])
+    try:
+        return ConvertDone.model_validate(marker.get("done"))
+    except ValidationError:
+        return None  # an unreadable marker counts as absent: the item is converted again
 
 
 def run(event: ConvertRequested, settings: Settings) -> ConvertDone:
@@ -70,12 +75,14 @@ def _convert(
     location.prepare()
     try:
         report = _write_and_check(settings, source, options, location, progress)
+        progress.step("checked", arrays=report.arrays_checked, repaired=report.repaired)
+        location.publish()
     except BaseException:
-        # Nothing unchecked may stay behind (a kill skips this; the next attempt clears).
+        # Nothing unchecked or half-uploaded may stay behind (a kill skips this; the next
+        # attempt clears it before converting).
         location.discard()
         raise
-    progress.step("checked", arrays=report.arrays_checked, repaired=report.repaired)
-    location.publish()
+    progress.step("published")
     lease.verify()
     done = ConvertDone(
         item_id=event.resolved_item_id,
