@@ -4,6 +4,7 @@ concurrent deliveries and a conversion killed midway then redelivered."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import sys
@@ -51,11 +52,24 @@ def assert_complete_store(
 
 
 def test_item_source_to_filesystem_then_noop_redelivery_then_force(
-    sample_server: SampleServerInfo, tmp_path: Path
+    sample_server: SampleServerInfo, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     settings = local_settings(tmp_path)
     event = item_event(sample_server)
-    done = convert.run(event, settings)
+    with caplog.at_level(logging.INFO, logger="geozarr_pipeline.convert"):
+        done = convert.run(event, settings)
+    progress = [r for r in caplog.records if r.name == "geozarr_pipeline.convert"]
+    steps = [getattr(r, "step", None) for r in progress]
+    for step in ("resolved", "open", "converted", "checked", "published", "done"):
+        assert step in steps
+    written = [
+        getattr(r, "group", "") for r in progress if getattr(r, "step", "") == "group written"
+    ]
+    assert [f"/{REFL}/{level}" in written for level in LEVELS] == [True] * len(LEVELS)
+    assert {getattr(r, "item_id", None) for r in progress} == {sample_server.l2a_id}
+    elapsed = {getattr(r, "step", ""): float(getattr(r, "elapsed_s", -1)) for r in progress}
+    assert min(elapsed.values()) >= 0
+    assert elapsed["done"] == max(elapsed.values())
     assert done.source_item_url == sample_server.l2a_item_url
     assert done.zarr_url == sample_server.zarr_url(sample_server.l2a_id)
     expected_store = tmp_path / "geozarr" / sample_server.l2a.collection / f"{done.item_id}.zarr"
