@@ -129,7 +129,8 @@ def storage_options(url: str, settings: Settings) -> dict[str, Any] | None:
             options["endpoint_url"] = settings.source_s3_endpoint_url
         return options
     if scheme in ("http", "https"):
-        return {"client_kwargs": {"trust_env": False}}
+        # Honour HTTP(S)_PROXY like the item fetch does (cluster egress may need a proxy).
+        return {"client_kwargs": {"trust_env": True}}
     return None
 
 
@@ -143,7 +144,7 @@ def http_client(settings: Settings) -> httpx.Client:
         timeout=settings.http_timeout_seconds,
         follow_redirects=True,
         max_redirects=5,
-        trust_env=False,
+        trust_env=True,
         event_hooks={"request": [check_request]},
         headers={"User-Agent": "geozarr-pipeline-convert"},
     )
