@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
-import json
 import logging
 import signal
 import threading
@@ -30,6 +29,7 @@ from cloudevents.http import CloudEvent
 
 from geozarr_pipeline.cloudevent_http import parse_event
 from geozarr_pipeline.errors import InvalidEvent
+from geozarr_pipeline.jsonhttp import JsonRequestHandler
 from geozarr_pipeline.local import deadletters
 from geozarr_pipeline.local.journal import event_to_record
 from geozarr_pipeline.logs import configure_logging
@@ -128,20 +128,7 @@ class DeadLetterSink:
 
 
 def _handler_for(sink: DeadLetterSink) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, format: str, *args: Any) -> None:
-            log.debug("http %s", format % args)
-
-        def _send_json(self, status: int, payload: Any) -> None:
-            body = json.dumps(payload, default=str).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
+    class Handler(JsonRequestHandler):
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             if length > MAX_BODY_BYTES:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import json
 import logging
 import queue
 import signal
@@ -37,6 +36,7 @@ from cloudevents.http import CloudEvent
 
 from geozarr_pipeline.cloudevent_http import parse_event
 from geozarr_pipeline.errors import InvalidEvent, is_retryable_status
+from geozarr_pipeline.jsonhttp import JsonRequestHandler
 from geozarr_pipeline.local import deadletters
 from geozarr_pipeline.local.journal import BrokerState, event_to_record, matches_query
 from geozarr_pipeline.local.routing import (
@@ -492,23 +492,8 @@ def _single_values(raw_query: str, keys: Sequence[str]) -> dict[str, str]:
 
 
 def _handler_for(broker: LocalBroker) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
+    class Handler(JsonRequestHandler):
         server_version = "geozarr-local-broker"
-        # Headers and body go out in two writes: without TCP_NODELAY a keep-alive client's
-        # delayed ACK adds ~40 ms to every request.
-        disable_nagle_algorithm = True
-
-        def log_message(self, format: str, *args: Any) -> None:
-            log.debug("http %s", format % args)
-
-        def _send_json(self, status: int, payload: Any) -> None:
-            body = json.dumps(payload, default=str).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
 
         def _error(self, status: int, error: str, message: str) -> None:
             self._send_json(status, {"error": error, "message": message})
