@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,11 +18,11 @@ from geozarr_pipeline.catalog.static import StaticCatalog
 from geozarr_pipeline.config import Settings
 from geozarr_pipeline.events import EventType, RegisterDone, Stage, reply_id
 from geozarr_pipeline.local.processes import LOOPBACK, ManagedProcess, free_port, http_ready
+from geozarr_pipeline.local.stack import function_command
 from geozarr_pipeline.stac.validate import validation_errors
 from tests.fixtures.stac_api import ConvertedStore
 from tests.fixtures.visual import map_settings, register
 
-SOURCE = Path(__file__).resolve().parents[3] / "functions/augment/geozarr_augment/main.py"
 RASTER = "https://raster.example.test/raster"
 EVENT_SOURCE = "urn:test:augment"
 
@@ -54,19 +53,7 @@ def augment_function(
     port = free_port()
     process = ManagedProcess(
         name="augment-function",
-        command=[
-            sys.executable,
-            "-m",
-            "functions_framework",
-            "--target",
-            "handle",
-            "--source",
-            str(SOURCE),
-            "--host",
-            LOOPBACK,
-            "--port",
-            str(port),
-        ],
+        command=function_command("geozarr_augment.main", port),
         log_path=work / "augment.log",
         env={
             "GEOZARR_CATALOG_BACKEND": "static",

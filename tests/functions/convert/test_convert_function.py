@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
 import uuid
@@ -17,9 +16,8 @@ from cloudevents.http import CloudEvent, to_binary
 
 from geozarr_pipeline.events import ConvertDone, EventType, Stage, reply_id
 from geozarr_pipeline.local.processes import LOOPBACK, ManagedProcess, free_port, http_ready
+from geozarr_pipeline.local.stack import function_command
 from tests.fixtures.sample import SampleServerInfo
-
-ENTRYPOINT = Path(__file__).parents[3] / "functions/convert/geozarr_convert/main.py"
 
 
 @dataclass(frozen=True)
@@ -34,17 +32,7 @@ def convert_function(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Conve
     port = free_port()
     process = ManagedProcess(
         name="geozarr-convert",
-        command=[
-            str(Path(sys.executable).with_name("functions-framework")),
-            "--target",
-            "handle",
-            "--source",
-            str(ENTRYPOINT),
-            "--host",
-            LOOPBACK,
-            "--port",
-            str(port),
-        ],
+        command=function_command("geozarr_convert.main", port),
         log_path=root / "function.log",
         env={
             "GEOZARR_OUTPUT_ROOT": str(root / "geozarr"),

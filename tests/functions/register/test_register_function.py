@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,28 +11,15 @@ import httpx
 import pytest
 
 from geozarr_pipeline.local.processes import LOOPBACK, ManagedProcess, free_port, http_ready
+from geozarr_pipeline.local.stack import function_command
 from tests.fixtures.stac_api import ConvertedStore, FaultProxy, StacApiInfo
-
-SOURCE = Path(__file__).parents[3] / "functions/register/geozarr_register/main.py"
 
 
 def _start(tmp: Path, env: dict[str, str]) -> ManagedProcess:
     port = free_port()
     process = ManagedProcess(
         name="register-function",
-        command=[
-            sys.executable,
-            "-m",
-            "functions_framework",
-            "--target",
-            "handle",
-            "--source",
-            str(SOURCE),
-            "--host",
-            LOOPBACK,
-            "--port",
-            str(port),
-        ],
+        command=function_command("geozarr_register.main", port),
         log_path=tmp / "register.log",
         env=env,
     ).start()

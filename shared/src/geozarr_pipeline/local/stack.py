@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -19,7 +21,7 @@ from cloudevents.http import CloudEvent
 
 from geozarr_pipeline.events import EventType
 from geozarr_pipeline.local.broker import default_manifests, wait_for_event
-from geozarr_pipeline.local.processes import ManagedProcess, free_port, http_ready
+from geozarr_pipeline.local.processes import LOOPBACK, ManagedProcess, free_port, http_ready
 
 FUNCTION_SERVICES = {
     "geozarr-convert": "geozarr_convert.main",
@@ -33,6 +35,23 @@ def function_source(module: str) -> Path:
     if spec is None or spec.origin is None:
         raise RuntimeError(f"function module {module} is not installed")
     return Path(spec.origin)
+
+
+def function_command(module: str, port: int, python: str = sys.executable) -> list[str]:
+    """The functions-framework server of one stage entrypoint, as its image runs it."""
+    return [
+        python,
+        "-m",
+        "functions_framework",
+        "--target",
+        "handle",
+        "--source",
+        str(function_source(module)),
+        "--host",
+        LOOPBACK,
+        "--port",
+        str(port),
+    ]
 
 
 @dataclass
@@ -78,13 +97,17 @@ class LocalStack:
         }
 
     def _start(
-        self, name: str, command: list[str], ready_path: str, env: dict[str, str] | None = None
+        self,
+        name: str,
+        command: Callable[[int], list[str]],
+        ready_path: str,
+        env: dict[str, str] | None = None,
     ) -> str:
         port = self.ports.get(name) or free_port()
-        url = f"http://127.0.0.1:{port}"
+        url = f"http://{LOOPBACK}:{port}"
         process = ManagedProcess(
             name=name,
-            command=[*command, "--host", "127.0.0.1", "--port", str(port)],
+            command=command(port),
             log_path=self.root / "logs" / f"{name}.log",
             env=env or {},
         ).start()
@@ -97,70 +120,49 @@ class LocalStack:
         self.root.mkdir(parents=True, exist_ok=True)
         self.samples_dir.mkdir(parents=True, exist_ok=True)
         python = sys.executable
+        # The functions' settings name the raster server, so its port is fixed first.
+        self.ports.setdefault("raster", free_port())
+        self.urls["raster"] = f"http://{LOOPBACK}:{self.ports['raster']}"
+        env = self.settings_env()
+
+        def module_server(module: str, *args: str) -> Callable[[int], list[str]]:
+            return lambda port: [
+                python,
+                "-m",
+                module,
+                *args,
+                "--host",
+                LOOPBACK,
+                "--port",
+                str(port),
+            ]
+
         try:
-            self.urls["raster"] = f"http://127.0.0.1:{self.ports.get('raster') or free_port()}"
-            raster_port = self.urls["raster"].rsplit(":", 1)[1]
-            env = self.settings_env()
+            self._start("raster", module_server("geozarr_pipeline.local.raster"), "/healthz", env)
             self._start(
                 "samples",
-                [python, "-m", "geozarr_pipeline.sample.server", "--root", str(self.samples_dir)],
+                module_server("geozarr_pipeline.sample.server", "--root", str(self.samples_dir)),
                 "/healthz",
             )
             subscribers: list[str] = []
             for service, module in FUNCTION_SERVICES.items():
                 url = self._start(
-                    service,
-                    [
-                        python,
-                        "-m",
-                        "functions_framework",
-                        "--target",
-                        "handle",
-                        "--source",
-                        str(function_source(module)),
-                    ],
-                    "/",
-                    env,
+                    service, partial(function_command, module, python=python), "/", env
                 )
                 subscribers += ["--subscriber", f"{service}={url}"]
-            self._start(
-                "broker",
-                [
-                    python,
-                    "-m",
-                    "geozarr_pipeline.local.broker",
-                    "--manifests",
-                    str(self.manifests),
-                    "--state-dir",
-                    str(self.root / "broker"),
-                    *subscribers,
-                ],
-                "/healthz",
+            broker = module_server(
+                "geozarr_pipeline.local.broker",
+                "--manifests",
+                str(self.manifests),
+                "--state-dir",
+                str(self.root / "broker"),
+                *subscribers,
             )
-            self._start_raster(python, int(raster_port), env)
+            self._start("broker", broker, "/healthz")
         except BaseException:
             self.stop()
             raise
         return self
-
-    def _start_raster(self, python: str, port: int, env: dict[str, str]) -> None:
-        url = f"http://127.0.0.1:{port}"
-        process = ManagedProcess(
-            name="raster",
-            command=[
-                python,
-                "-m",
-                "geozarr_pipeline.local.raster",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-            ],
-            log_path=self.root / "logs" / "raster.log",
-            env=env,
-        ).start()
-        self.processes.append(process)
-        process.wait_ready(http_ready(url + "/healthz"), timeout=120)
 
     def stop(self) -> None:
         for process in reversed(self.processes):
