@@ -11,7 +11,8 @@ from typing import Any
 
 import httpx
 import pytest
-from cloudevents.http import CloudEvent, to_binary, to_structured
+from cloudevents.conversion import to_binary, to_structured
+from cloudevents.http import CloudEvent
 
 from geozarr_pipeline.catalog import open_catalog
 from geozarr_pipeline.catalog.static import StaticCatalog

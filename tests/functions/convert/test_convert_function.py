@@ -12,7 +12,8 @@ from typing import Any
 
 import httpx
 import pytest
-from cloudevents.http import CloudEvent, to_binary
+from cloudevents.conversion import to_binary
+from cloudevents.http import CloudEvent
 
 from geozarr_pipeline.events import ConvertDone, EventType, Stage, reply_id
 from geozarr_pipeline.local.processes import LOOPBACK, ManagedProcess, free_port, http_ready
