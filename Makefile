@@ -17,9 +17,11 @@ setup-system: ## Install the Debian packages of the local services (needs root)
 	@if ! dpkg -s $(APT_PACKAGES) >/dev/null 2>&1; then \
 		export DEBIAN_FRONTEND=noninteractive; \
 		apt-get update -qq && apt-get install -y -qq --no-install-recommends $(APT_PACKAGES) >/dev/null; \
+		echo "stopping the system-wide RabbitMQ and PostgreSQL the install started (tests run their own)"; \
+		service rabbitmq-server stop >/dev/null 2>&1 || true; \
+		service postgresql stop >/dev/null 2>&1 || true; \
+		epmd -kill >/dev/null 2>&1 || true; \
 	fi
-	@# Debian starts a system-wide RabbitMQ and PostgreSQL on install; the tests run their own.
-	@-service rabbitmq-server stop >/dev/null 2>&1; service postgresql stop >/dev/null 2>&1; true
 
 setup-python: ## Install uv and the locked Python environment
 	@$(PYTHON) -m uv --version >/dev/null 2>&1 || $(PYTHON) -m pip install -q uv
