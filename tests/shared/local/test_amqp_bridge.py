@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import json
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pika
 import pytest
 
 from geozarr_pipeline.events import EventType
 from geozarr_pipeline.local.amqp_bridge import DEFAULT_SOURCE, InvalidMessage, to_event
-from geozarr_pipeline.local.processes import ManagedProcess, free_port, http_ready
-from tests.fixtures.rabbitmq import RabbitMQ
+from geozarr_pipeline.local.processes import ManagedProcess, free_port, tcp_ready
+from tests.fixtures.rabbitmq import RabbitMQ, start_bridge
 from tests.shared.submit.receiver import Receiver, receiver
 
 LEGACY = {"source_url": "https://x.test/items/S2_A", "item_id": "S2_A", "collection": "c"}
@@ -81,33 +81,6 @@ def test_invalid_messages_are_refused_with_a_reason(
 # --- against RabbitMQ -------------------------------------------------------------------
 
 
-def start_bridge(rabbitmq: RabbitMQ, broker_url: str, queue: str, log_path: Path) -> ManagedProcess:
-    health = free_port()
-    process = ManagedProcess(
-        name="amqp-bridge",
-        command=[
-            sys.executable,
-            "-m",
-            "geozarr_pipeline.local.amqp_bridge",
-            "--amqp-url",
-            rabbitmq.amqp_url,
-            "--broker-url",
-            broker_url,
-            "--queue",
-            queue,
-            "--health-port",
-            str(health),
-        ],
-        log_path=log_path,
-    ).start()
-    try:
-        process.wait_ready(http_ready(f"http://127.0.0.1:{health}/healthz"), timeout=30)
-    except Exception:
-        process.stop()
-        raise
-    return process
-
-
 @pytest.fixture
 def publish(rabbitmq: RabbitMQ) -> Iterator[Callable[..., None]]:
     connection = pika.BlockingConnection(pika.URLParameters(rabbitmq.amqp_url))
@@ -148,7 +121,7 @@ def wait_depth(
 def bridged(rabbitmq: RabbitMQ, tmp_path: Path) -> Iterator[tuple[Receiver, ManagedProcess, str]]:
     queue = f"bridge-{uuid.uuid4().hex[:8]}"
     with receiver() as sink:
-        bridge = start_bridge(rabbitmq, sink.url, queue, tmp_path / "bridge.log")
+        bridge = start_bridge(rabbitmq.amqp_url, sink.url, queue, tmp_path / "bridge.log")
         try:
             yield sink, bridge, queue
         finally:
@@ -207,7 +180,7 @@ def test_message_stays_queued_while_the_broker_is_down(
 ) -> None:
     queue = f"bridge-{uuid.uuid4().hex[:8]}"
     down = f"http://127.0.0.1:{free_port()}/"
-    bridge = start_bridge(rabbitmq, down, queue, tmp_path / "bridge.log")
+    bridge = start_bridge(rabbitmq.amqp_url, down, queue, tmp_path / "bridge.log")
     try:
         publish(json.dumps(LEGACY).encode())
         deadline = time.monotonic() + 15
@@ -218,3 +191,19 @@ def test_message_stays_queued_while_the_broker_is_down(
     finally:
         bridge.stop()
     wait_depth(rabbitmq, queue, (1, 0))
+
+
+def test_health_is_503_until_consuming(tmp_path: Path) -> None:
+    health = free_port()
+    no_rabbitmq = f"amqp://guest:guest@127.0.0.1:{free_port()}/%2F"
+    bridge = start_bridge(
+        no_rabbitmq, "http://127.0.0.1:9/", "q", tmp_path / "b.log", health_port=health, wait=False
+    )
+    try:
+        bridge.wait_ready(tcp_ready(health), timeout=30)
+        answer = httpx.get(f"http://127.0.0.1:{health}/healthz", trust_env=False)
+        assert answer.status_code == 503
+        assert answer.json()["consuming"] is False
+        assert httpx.get(f"http://127.0.0.1:{health}/other", trust_env=False).status_code == 404
+    finally:
+        bridge.stop()

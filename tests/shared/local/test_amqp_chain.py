@@ -9,7 +9,6 @@ published between them is rejected and does not block the queue.
 from __future__ import annotations
 
 import json
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,36 +17,21 @@ import pika
 import pytest
 
 from geozarr_pipeline.events import EventType
-from geozarr_pipeline.local.processes import ManagedProcess, free_port, http_ready
+from geozarr_pipeline.local.processes import ManagedProcess
 from geozarr_pipeline.local.stack import LocalStack
 from geozarr_pipeline.sample.layout import item_url
 from geozarr_pipeline.submit import make_submission, submit_amqp
-from tests.fixtures.rabbitmq import RabbitMQ
+from tests.fixtures.rabbitmq import RabbitMQ, start_bridge
 from tests.fixtures.stack import add_sample
 
 
 @pytest.fixture
 def bridge(rabbitmq: RabbitMQ, local_stack: LocalStack, tmp_path: Path) -> Iterator[ManagedProcess]:
-    health = free_port()
-    process = ManagedProcess(
-        name="amqp-bridge",
-        command=[
-            sys.executable,
-            "-m",
-            "geozarr_pipeline.local.amqp_bridge",
-            "--amqp-url",
-            rabbitmq.amqp_url,
-            "--broker-url",
-            local_stack.broker_url + "/",
-            "--queue",
-            f"chain-{uuid.uuid4().hex[:8]}",
-            "--health-port",
-            str(health),
-        ],
-        log_path=tmp_path / "bridge.log",
-    ).start()
+    queue = f"chain-{uuid.uuid4().hex[:8]}"
+    process = start_bridge(
+        rabbitmq.amqp_url, local_stack.broker_url + "/", queue, tmp_path / "bridge.log"
+    )
     try:
-        process.wait_ready(http_ready(f"http://127.0.0.1:{health}/healthz"), timeout=30)
         yield process
     finally:
         process.stop()

@@ -23,18 +23,20 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import httpx
-import pika
-import pika.exceptions
-from pika.adapters.blocking_connection import BlockingChannel
-from pika.spec import Basic, BasicProperties
 
 from geozarr_pipeline.events import SPEC_VERSION, EventType
+from geozarr_pipeline.jsonhttp import JsonRequestHandler
 from geozarr_pipeline.logs import configure_logging
+
+if TYPE_CHECKING:
+    from pika.adapters.blocking_connection import BlockingChannel
+    from pika.spec import Basic, BasicProperties
 
 log = logging.getLogger(__name__)
 
@@ -239,6 +241,15 @@ class Bridge:
 
     def run(self) -> None:
         """Consume until stop(); reconnect after a lost connection."""
+        try:
+            self._consume_until_stopped()
+        finally:
+            self._client.close()
+
+    def _consume_until_stopped(self) -> None:
+        import pika  # here, not at import: the CLI lists this command without loading pika
+        import pika.exceptions
+
         while not self.stopping.is_set():
             try:
                 connection = pika.BlockingConnection(pika.URLParameters(self.amqp_url))
@@ -269,26 +280,22 @@ class Bridge:
                 self.consuming.clear()
                 if connection.is_open:
                     connection.close()
-        self._client.close()
 
 
 def _serve_health(bridge: Bridge, host: str, port: int) -> ThreadingHTTPServer:
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, format: str, *args: Any) -> None:
-            log.debug("http %s", format % args)
-
+    class Handler(JsonRequestHandler):
         def do_GET(self) -> None:
+            if urlsplit(self.path).path != "/healthz":
+                self._send_json(404, {"error": "not_found", "message": "GET /healthz"})
+                return
             ready = bridge.consuming.is_set()
-            body = json.dumps({"consuming": ready, **bridge.counts}).encode()
-            self.send_response(200 if ready and self.path == "/healthz" else 503)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            self._send_json(200 if ready else 503, {"consuming": ready, **bridge.counts})
 
     server = ThreadingHTTPServer((host, port), Handler)
     server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True
+    ).start()
     return server
 
 
