@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from geozarr_pipeline.catalog import open_catalog
+from geozarr_pipeline.catalog import open_catalog, opened_catalog
 from geozarr_pipeline.catalog.stac_api import StacApiCatalog
 from geozarr_pipeline.config import Settings
 from geozarr_pipeline.errors import TransientError, UpstreamRejected, status_code_for
@@ -382,3 +382,11 @@ def test_unreachable_api_is_transient() -> None:
     with pytest.raises(TransientError) as excinfo:
         catalog.put_item(_item("anything", "m"), "upsert")
     assert "ConnectError" in excinfo.value.message
+
+
+def test_opened_catalog_closes_its_client() -> None:
+    settings = Settings(catalog_backend="stac-api", stac_api_url=f"http://{LOOPBACK}:1")
+    with opened_catalog(settings) as catalog:
+        assert isinstance(catalog, StacApiCatalog)
+        assert not catalog.client.is_closed
+    assert catalog.client.is_closed

@@ -1,7 +1,8 @@
 """Catalog backends: where register writes items and augment updates them.
 
 `open_catalog(settings)` returns the backend the settings select: an on-disk static STAC
-catalog (the embedded default) or a STAC API with the Transactions extension.
+catalog (the embedded default) or a STAC API with the Transactions extension;
+`opened_catalog(settings)` is the same as a context manager that closes its HTTP client.
 
 Write modes of `put_item`:
 - `create-or-skip`: create the item; if it already exists, leave it untouched.
@@ -12,6 +13,8 @@ Write modes of `put_item`:
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 if TYPE_CHECKING:
@@ -49,3 +52,16 @@ def open_catalog(settings: Settings, client: httpx.Client | None = None) -> Cata
     from geozarr_pipeline.catalog.static import StaticCatalog
 
     return StaticCatalog(settings.catalog_root)
+
+
+@contextlib.contextmanager
+def opened_catalog(settings: Settings, catalog: Catalog | None = None) -> Iterator[Catalog]:
+    """`catalog` as it is, else the backend the settings select with its HTTP client closed
+    on exit (one client per stage run, not one leaked per event)."""
+    if catalog is not None or settings.catalog_backend != "stac-api":
+        yield catalog if catalog is not None else open_catalog(settings)
+        return
+    import httpx
+
+    with httpx.Client(timeout=settings.stac_api_timeout_seconds) as client:
+        yield open_catalog(settings, client=client)

@@ -39,10 +39,11 @@ def _register(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from geozarr_pipeline.catalog import open_catalog
+    from geozarr_pipeline.catalog import opened_catalog
     from geozarr_pipeline.config import Settings
 
-    item = open_catalog(Settings()).get_item(args.collection, args.item_id)
+    with opened_catalog(Settings()) as catalog:
+        item = catalog.get_item(args.collection, args.item_id)
     print(json.dumps(item, indent=2))
     return 0
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from geozarr_pipeline.catalog import Catalog, open_catalog
+from geozarr_pipeline.catalog import Catalog, opened_catalog
 from geozarr_pipeline.config import Settings
 from geozarr_pipeline.events import AugmentDone, RegisterDone
 from geozarr_pipeline.stac.validate import validate_item
@@ -19,17 +19,16 @@ log = logging.getLogger(__name__)
 
 
 def run(event: RegisterDone, settings: Settings, catalog: Catalog | None = None) -> AugmentDone:
-    catalog = catalog if catalog is not None else open_catalog(settings)
     api = RasterApi(settings.raster_api_url)
-    item = catalog.get_item(event.collection, event.item_id)
-    augmented = add_visualisation(item, api)
-    if augmented == item:
-        item_url = catalog.item_url(event.collection, event.item_id)
-        written = False
-    else:
-        validate_item(augmented)
-        item_url = catalog.put_item(augmented, mode="upsert")
-        written = True
+    with opened_catalog(settings, catalog) as backend:
+        item = backend.get_item(event.collection, event.item_id)
+        augmented = add_visualisation(item, api)
+        written = augmented != item
+        if written:
+            validate_item(augmented)
+            item_url = backend.put_item(augmented, mode="upsert")
+        else:
+            item_url = backend.item_url(event.collection, event.item_id)
     viewer_url = api.viewer_url(event.collection, event.item_id)
     log.info(
         "item augmented",

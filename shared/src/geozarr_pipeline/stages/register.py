@@ -7,13 +7,14 @@ Light on purpose: JSON metadata only, no zarr/xarray/dask/eopf_geozarr imports.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from typing import Any
 
 import httpx
 
-from geozarr_pipeline.catalog import Catalog, open_catalog
+from geozarr_pipeline.catalog import Catalog, opened_catalog
 from geozarr_pipeline.config import Settings
 from geozarr_pipeline.errors import OutputCheckFailed
 from geozarr_pipeline.events import ConvertDone, RegisterDone
@@ -65,17 +66,15 @@ def run(
     client: httpx.Client | None = None,
 ) -> RegisterDone:
     started = time.monotonic()
-    own_client = client is None
-    http = client or httpx.Client(timeout=settings.http_timeout_seconds, follow_redirects=True)
-    try:
-        catalog = catalog if catalog is not None else open_catalog(settings)
+    with contextlib.ExitStack() as stack:
+        http = client or stack.enter_context(
+            httpx.Client(timeout=settings.http_timeout_seconds, follow_redirects=True)
+        )
+        catalog = stack.enter_context(opened_catalog(settings, catalog))
         item = build_registered_item(
             event, settings, http, catalog.collection_url(event.collection)
         )
         item_url = catalog.put_item(item, settings.register_mode)
-    finally:
-        if own_client:
-            http.close()
     log.info(
         "item registered",
         extra={
