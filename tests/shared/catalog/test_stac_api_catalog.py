@@ -390,3 +390,27 @@ def test_opened_catalog_closes_its_client() -> None:
         assert isinstance(catalog, StacApiCatalog)
         assert not catalog.client.is_closed
     assert catalog.client.is_closed
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "error"),
+    [
+        (200, "<html>sign in</html>", UpstreamRejected),
+        (200, '["not", "an", "object"]', UpstreamRejected),
+        (408, "", TransientError),
+        (503, "", TransientError),
+    ],
+)
+def test_oidc_token_endpoint_answers_are_classified(
+    status: int, body: str, error: type[Exception]
+) -> None:
+    """A token endpoint answering HTML (a login page) is a permanent refusal, not a crash."""
+    from geozarr_pipeline.catalog.auth import OidcClientCredentials
+
+    transport = httpx.MockTransport(lambda _request: httpx.Response(status, text=body))
+    with httpx.Client(transport=transport) as client:
+        auth = OidcClientCredentials(
+            token_url="http://token.invalid/token", client_id="c", client_secret="s", client=client
+        )
+        with pytest.raises(error):
+            auth.headers()

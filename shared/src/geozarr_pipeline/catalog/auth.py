@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import httpx
 
@@ -78,14 +78,17 @@ class OidcClientCredentials:
             )
         except httpx.HTTPError as exc:
             raise TransientError(f"token endpoint unreachable: {type(exc).__name__}") from exc
-        if response.status_code >= 500 or response.status_code == 429:
+        if response.status_code >= 500 or response.status_code in (408, 429):
             raise TransientError(f"token endpoint answered {response.status_code}")
         if response.status_code >= 400:
             raise UpstreamRejected(
                 f"token endpoint refused the client credentials ({response.status_code})"
             )
-        body = response.json()
-        token = body.get("access_token")
+        try:
+            body: Any = response.json()
+        except ValueError:
+            body = None
+        token = body.get("access_token") if isinstance(body, dict) else None
         if not isinstance(token, str) or not token:
             raise UpstreamRejected("token endpoint answered without an access_token")
         lifetime = float(body.get("expires_in") or 300)
