@@ -14,6 +14,7 @@ from geozarr_pipeline.config import Settings
 from geozarr_pipeline.errors import OutputCheckFailed
 from geozarr_pipeline.events import ConvertDone
 from geozarr_pipeline.stac.hrefs import asset_hrefs
+from geozarr_pipeline.stac.item import item_bbox
 from geozarr_pipeline.stac.validate import validate_item, validation_errors
 from geozarr_pipeline.stages.register import build_registered_item
 from tests.fixtures.stac_api import ConvertedStore
@@ -181,3 +182,16 @@ def test_missing_store_is_an_output_error(converted_l2a: ConvertedStore, tmp_pat
     event = _event(converted_l2a).model_copy(update={"output_url": str(tmp_path / "none.zarr")})
     with httpx.Client() as client, pytest.raises(OutputCheckFailed):
         build_registered_item(event, Settings(), client, "http://catalog.invalid/c")
+
+
+def test_source_bbox_kept_when_valid_and_recomputed_when_not() -> None:
+    geometry = {
+        "type": "Polygon",
+        "coordinates": [[[179.5, -17.0], [-179.5, -17.0], [-179.5, -16.0], [179.5, -16.0]]],
+    }
+    antimeridian = [179.5, -17.0, -179.5, -16.0]
+    assert item_bbox(antimeridian, geometry) == antimeridian
+    three_d = [1.0, 2.0, 0.0, 1.5, 2.5, 100.0]
+    assert item_bbox(three_d, geometry) == three_d
+    assert item_bbox([179.5, -16.0, -179.5, -17.0], geometry) == [-179.5, -17.0, 179.5, -16.0]
+    assert item_bbox(None, geometry) == [-179.5, -17.0, 179.5, -16.0]

@@ -260,6 +260,18 @@ def _bbox_of(geometry: dict[str, Any]) -> list[float] | None:
     return [min(xs), min(ys), max(xs), max(ys)]
 
 
+def item_bbox(bbox: Any, geometry: dict[str, Any] | None) -> Any:
+    """The source bbox if it is a valid 2D or 3D one, else the geometry's bounds.
+
+    West > east is valid STAC (a bbox crossing the antimeridian) and is kept.
+    """
+    if isinstance(bbox, list) and len(bbox) in (4, 6):
+        numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in bbox)
+        if numbers and bbox[1] <= bbox[len(bbox) // 2 + 1]:
+            return bbox
+    return _bbox_of(geometry) if geometry else bbox
+
+
 def build_item(
     *,
     item_id: str,
@@ -315,9 +327,7 @@ def build_item(
     ]
     links.append(source_link)
     geometry = copy.deepcopy(source_item.get("geometry"))
-    bbox = source_item.get("bbox")
-    if geometry and (not isinstance(bbox, list) or bbox[0] > bbox[2] or bbox[1] > bbox[3]):
-        bbox = _bbox_of(geometry)
+    bbox = item_bbox(source_item.get("bbox"), geometry)
     item: dict[str, Any] = {
         "type": "Feature",
         "stac_version": STAC_VERSION,
