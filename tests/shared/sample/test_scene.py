@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import numpy.typing as npt
 import pytest
 import zarr
 
+from geozarr_pipeline.sample.hierarchy import load_hierarchy
 from geozarr_pipeline.sample.scene import (
     SCL_CLOUD_HIGH,
     SCL_CLOUD_MEDIUM,
     SCL_NO_DATA,
     SCL_VEGETATION,
     SCL_WATER,
+    cover_percent,
     outside_swath,
 )
 from tests.fixtures.sample import SampleRoot
@@ -126,3 +130,30 @@ def test_l1c_classification_flags_the_clouds(l1c: zarr.Group) -> None:
     assert opaque.mean() > 0.02
     assert np.nanmean(b02[opaque]) > 0.5
     assert np.nanmean(b02[flags == 0]) < 0.25
+
+
+def test_item_cover_is_the_cover_of_the_written_classification(
+    sample_root: SampleRoot, l2a: zarr.Group
+) -> None:
+    item = json.loads(sample_root.l2a.item_path.read_text())["properties"]
+    for res in ("r20m", "r60m"):
+        cloud, snow = cover_percent(l2a[f"conditions/mask/l2a_classification/{res}/scl"][:])
+        assert item["eo:cloud_cover"] == pytest.approx(cloud, abs=1.0), res
+        assert item["eo:snow_cover"] == pytest.approx(snow, abs=0.5), res
+    assert item["eo:cloud_cover"] > 2.0
+    product = l2a.attrs["stac_discovery"]["properties"]
+    assert product["eo:cloud_cover"] == item["eo:cloud_cover"]
+    assert product["eo:snow_cover"] == item["eo:snow_cover"]
+
+
+def test_l1c_item_cover_is_its_own_scene(sample_root: SampleRoot, l1c: zarr.Group) -> None:
+    item = json.loads(sample_root.l1c.item_path.read_text())["properties"]
+    product = l1c.attrs["stac_discovery"]["properties"]
+    reference = load_hierarchy("l1c")["attributes"]["stac_discovery"]["properties"]
+    assert product["eo:cloud_cover"] == item["eo:cloud_cover"]
+    assert item["eo:cloud_cover"] != reference["eo:cloud_cover"]
+    # Its opaque-cloud flag (opacity > 0.5) lies within the cloudy classes (opacity > 0.02).
+    flags = l1c["conditions/mask/l1c_classification/r60m/b00"][:]
+    valid = ~_expected_nodata(l1c, "r60m")
+    opaque = 100 * ((flags & 1) > 0)[valid].mean()
+    assert opaque - 1.0 < item["eo:cloud_cover"] < opaque + 15.0

@@ -6,6 +6,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import zarr
+
 from geozarr_pipeline.sample.hierarchy import (
     load_hierarchy,
     native_sizes,
@@ -51,7 +53,8 @@ def write_sample(
         item_id,
         collection,
         product_url(PLACEHOLDER_BASE, item_id),
-        spec["attributes"],
+        # The written product's attributes: they state the synthetic scene's cloud cover.
+        zarr.open_group(str(store), mode="r").attrs.asdict(),
         members={path for path, _ in walk(spec)},
     )
     item_path = layout.item_path(collection, item_id)

@@ -61,6 +61,11 @@ SCL_CLOUD_MEDIUM = 8
 SCL_CLOUD_HIGH = 9
 SCL_THIN_CIRRUS = 10
 SCL_SNOW = 11
+# The classes Sentinel-2 counts as cloudy in its cloud cover percentage.
+SCL_CLOUDS = (SCL_CLOUD_MEDIUM, SCL_CLOUD_HIGH, SCL_THIN_CIRRUS)
+
+# Pixels per side of the grid the scene's cloud and snow cover are counted on.
+COVER_GRID = 512
 
 # The orbit edge: pixels with u > EDGE_U0 + EDGE_SLOPE * v lie outside the swath (nodata).
 EDGE_U0 = 0.72
@@ -153,6 +158,12 @@ class Scene:
 
     def strip(self, u: npt.NDArray[np.floating], v: npt.NDArray[np.floating]) -> Strip:
         return Strip(self, np.asarray(u, dtype=np.float64), np.asarray(v, dtype=np.float64))
+
+    def cover(self, pixels: int = COVER_GRID) -> tuple[float, float]:
+        """(cloud, snow) percent of the scene's classification, on a grid of this many pixels
+        a side: the same figures, within a fraction of a percent, at every resolution."""
+        centres = (np.arange(pixels) + 0.5) / pixels
+        return cover_percent(self.strip(centres, centres).scl())
 
 
 @dataclass
@@ -248,6 +259,16 @@ class Strip:
         out[self.cloud > 0.7] = SCL_CLOUD_HIGH
         out[self.nodata] = SCL_NO_DATA
         return out
+
+
+def cover_percent(scl: npt.NDArray[np.integer]) -> tuple[float, float]:
+    """(cloud, snow) percent of the valid pixels of an SCL raster (eo:cloud_cover/snow_cover)."""
+    counts = np.bincount(scl.ravel(), minlength=SCL_SNOW + 1)
+    valid = int(counts.sum() - counts[SCL_NO_DATA])
+    if valid == 0:
+        return 0.0, 0.0
+    cloud = int(counts[list(SCL_CLOUDS)].sum())
+    return round(100 * cloud / valid, 6), round(100 * int(counts[SCL_SNOW]) / valid, 6)
 
 
 def _opacity(field_: F32, threshold: float) -> F32:

@@ -154,8 +154,20 @@ def _create_array(group: zarr.Group, name: str, node: dict[str, Any]) -> zarr.Ar
     )
 
 
+def _describe_cover(attrs: dict[str, Any], scene: Scene) -> None:
+    """State the synthetic scene's cloud and snow cover where the real product states its own."""
+    cloud, snow = scene.cover()
+    sd = attrs.get("stac_discovery", {})
+    for holder in (sd.get("properties", {}), *sd.get("assets", {}).values()):
+        if "eo:cloud_cover" in holder:
+            holder["eo:cloud_cover"] = cloud
+        if "eo:snow_cover" in holder:
+            holder["eo:snow_cover"] = snow
+
+
 def _write(spec: dict[str, Any], plan: ScalePlan, scene: Scene, path: Path) -> None:
     target = scaled_spec(spec, plan)
+    _describe_cover(target["attributes"], scene)
     root = zarr.open_group(
         str(path), mode="w", zarr_format=2, attributes=target.get("attributes", {})
     )
