@@ -11,9 +11,8 @@ import json
 import logging
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import flask
 from cloudevents.conversion import to_binary
 from cloudevents.exceptions import GenericException as CloudEventsError
 from cloudevents.http import CloudEvent, from_http
@@ -21,6 +20,9 @@ from pydantic import ValidationError
 
 from geozarr_pipeline.errors import InvalidEvent, InvalidInput, PipelineError, status_code_for
 from geozarr_pipeline.events import INPUT_MODELS, EventData, EventType, Stage, reply_id
+
+if TYPE_CHECKING:
+    import flask
 
 log = logging.getLogger(__name__)
 
@@ -97,9 +99,20 @@ def build_reply(stage: Stage, incoming: CloudEvent, result: EventData) -> CloudE
     return CloudEvent(attributes, result.model_dump(mode="json"))
 
 
+def _response(status: int, body: str | bytes, headers: Mapping[str, str]) -> flask.Response:
+    # flask is imported on first use: the broker and the dead-letter sink only parse events.
+    import flask
+
+    return flask.Response(body, status=status, headers=dict(headers))
+
+
+def _json_response(status: int, payload: Any) -> flask.Response:
+    return _response(status, json.dumps(payload), {"Content-Type": "application/json"})
+
+
 def error_response(error: PipelineError) -> flask.Response:
     status = status_code_for(error)
-    return flask.Response(json.dumps(error.to_body()), status=status, mimetype="application/json")
+    return _json_response(status, error.to_body())
 
 
 def handle_request(request: flask.Request, stage: Stage, run: StageRunner) -> flask.Response:
@@ -130,7 +143,7 @@ def handle_request(request: flask.Request, stage: Stage, run: StageRunner) -> fl
     except Exception:
         log.exception("event crashed", extra={"stage": stage.value, "event_id": event_id})
         problem = {"error": "internal_error", "message": "unexpected failure; see the stage logs"}
-        return flask.Response(json.dumps(problem), status=500, mimetype="application/json")
+        return _json_response(500, problem)
     headers, body = to_binary(reply)
     log.info(
         "event done",
@@ -142,4 +155,4 @@ def handle_request(request: flask.Request, stage: Stage, run: StageRunner) -> fl
             "elapsed_s": round(time.monotonic() - started, 3),
         },
     )
-    return flask.Response(body, status=200, headers=headers)
+    return _response(200, body, headers)

@@ -14,8 +14,6 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urljoin, urlparse
 
-import yaml
-
 TRIGGER_API_GROUP = "eventing.knative.dev"
 PARALLELISM_ANNOTATION = "rabbitmq.eventing.knative.dev/parallelism"
 MANIFEST_SUFFIXES = (".yaml", ".yml")
@@ -124,6 +122,8 @@ def iter_manifest_documents(manifests: Path) -> Iterator[tuple[Path, dict[str, A
         files = sorted(p for p in manifests.rglob("*") if p.suffix in MANIFEST_SUFFIXES)
     else:
         raise ManifestError(f"{manifests}: no such file or folder")
+    import yaml  # on first use: the CLI imports this module only to list its commands
+
     for path in files:
         try:
             documents = list(yaml.safe_load_all(path.read_text()))
