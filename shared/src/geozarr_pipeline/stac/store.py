@@ -141,21 +141,14 @@ class HttpReader:
 
 
 class S3Reader:
-    """S3 through boto3, imported only when an s3:// store is read."""
+    """S3 through the output bucket's boto3 client, imported only when an s3:// store is read."""
 
     def __init__(self, bucket: str, prefix: str, settings: Settings) -> None:
-        import boto3  # type: ignore[import-untyped]
+        from geozarr_pipeline.convert.storage import s3_client
 
         self.bucket = bucket
         self.prefix = prefix.strip("/")
-        secret = settings.s3_secret_access_key
-        self.client = boto3.client(
-            "s3",
-            endpoint_url=settings.s3_endpoint_url,
-            region_name=settings.s3_region or "us-east-1",
-            aws_access_key_id=settings.s3_access_key_id,
-            aws_secret_access_key=secret.get_secret_value() if secret else None,
-        )
+        self.client = s3_client(settings)
 
     def _key(self, path: str) -> str:
         return f"{self.prefix}/{path}".strip("/") if self.prefix else path
