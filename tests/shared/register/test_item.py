@@ -195,3 +195,14 @@ def test_source_bbox_kept_when_valid_and_recomputed_when_not() -> None:
     assert item_bbox(three_d, geometry) == three_d
     assert item_bbox([179.5, -16.0, -179.5, -17.0], geometry) == [-179.5, -17.0, 179.5, -16.0]
     assert item_bbox(None, geometry) == [-179.5, -17.0, 179.5, -16.0]
+
+
+def test_a_metadata_document_that_is_not_json_is_an_output_error(tmp_path: Path) -> None:
+    from geozarr_pipeline.stac.store import HttpReader, LocalReader
+
+    (tmp_path / "zarr.json").write_text("<html>not a store</html>")
+    transport = httpx.MockTransport(lambda _r: httpx.Response(200, text="<html>proxy</html>"))
+    with httpx.Client(transport=transport) as client:
+        for reader in (LocalReader(tmp_path), HttpReader("http://store.invalid/x.zarr", client)):
+            with pytest.raises(OutputCheckFailed, match="not valid JSON"):
+                reader.read_json("zarr.json")

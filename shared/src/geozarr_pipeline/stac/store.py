@@ -90,6 +90,15 @@ class StoreReader(Protocol):
         """Names of the sub-folders of `path`."""
 
 
+def _document(raw: str | bytes, where: str) -> dict[str, Any] | None:
+    """A metadata document parsed; one that is not JSON is a permanent output error."""
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        raise OutputCheckFailed(f"{where} is not valid JSON: {exc}") from exc
+    return data if isinstance(data, dict) else None
+
+
 class LocalReader:
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -97,12 +106,10 @@ class LocalReader:
     def read_json(self, path: str) -> dict[str, Any] | None:
         target = self.root / path
         try:
-            data = json.loads(target.read_text())
+            raw = target.read_bytes()
         except FileNotFoundError:
             return None
-        except ValueError as exc:
-            raise OutputCheckFailed(f"{target} is not valid JSON: {exc}") from exc
-        return data if isinstance(data, dict) else None
+        return _document(raw, str(target))
 
     def list_children(self, path: str) -> list[str]:
         folder = self.root / path
@@ -130,8 +137,7 @@ class HttpReader:
             raise TransientError(f"{url} answered {response.status_code}")
         if response.status_code >= 400:
             raise InvalidInput(f"{url} answered {response.status_code}")
-        data = response.json()
-        return data if isinstance(data, dict) else None
+        return _document(response.content, url)
 
     def list_children(self, path: str) -> list[str]:
         raise OutputCheckFailed(
@@ -172,8 +178,7 @@ class S3Reader:
             raise TransientError(
                 f"cannot read s3://{self.bucket}/{self._key(path)}: {exc}"
             ) from exc
-        data = json.loads(body)
-        return data if isinstance(data, dict) else None
+        return _document(body, f"s3://{self.bucket}/{self._key(path)}")
 
     def list_children(self, path: str) -> list[str]:
         prefix = self._key(path)
