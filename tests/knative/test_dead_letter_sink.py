@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -89,3 +90,41 @@ def test_refuses_what_is_not_a_cloudevent(sink: tuple[str, Path]) -> None:
     assert "missing CloudEvent attribute" in response.json()["message"]
     assert httpx.get(url, trust_env=False).json() == []
     assert not list((state / "dead-letters").glob("*.json"))
+
+
+def raw_post(url: str, headers: str, body: bytes = b"") -> tuple[int, dict[str, object]]:
+    """POST with hand-written framing headers; the status and JSON answer."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(f"POST / HTTP/1.1\r\nHost: {host}\r\n{headers}\r\n".encode() + body)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, payload = answer.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(payload)
+
+
+def test_chunked_events_are_recorded_and_bad_framing_refused(sink: tuple[str, Path]) -> None:
+    url, state = sink
+    headers = {
+        "ce-specversion": "1.0",
+        "ce-id": "chunked-1",
+        "ce-source": "urn:test",
+        "ce-type": "eopf.geozarr.convert.requested",
+        "ce-knativeerrorcode": "503",
+        "content-type": "application/json",
+    }
+    data = json.dumps({"source_url": "https://example.test/item", "collection": "c"}).encode()
+    chunked = httpx.post(
+        url, headers=headers, content=iter([data[:10], data[10:]]), trust_env=False
+    )
+    assert chunked.status_code == 202
+    records = httpx.get(url, trust_env=False).json()
+    assert [r["event"]["attributes"]["id"] for r in records] == ["chunked-1"]
+    assert records[0]["event"]["data"] == json.loads(data)
+
+    status, answer = raw_post(url, "Content-Length: twelve\r\n")
+    assert (status, answer["error"]) == (400, "bad_request")
+    status, answer = raw_post(url, f"Content-Length: {64 * 1024 * 1024}\r\n")
+    assert (status, answer["error"]) == (413, "too_large")
+    assert len(list((state / "dead-letters").glob("*.json"))) == 1

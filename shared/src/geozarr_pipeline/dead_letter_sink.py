@@ -130,16 +130,13 @@ class DeadLetterSink:
 def _handler_for(sink: DeadLetterSink) -> type[BaseHTTPRequestHandler]:
     class Handler(JsonRequestHandler):
         def do_POST(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            if length > MAX_BODY_BYTES:
-                self.close_connection = True
-                self._send_json(413, {"error": "too_large", "message": "event too large"})
+            body = self._read_body_or_refuse(MAX_BODY_BYTES)
+            if body is None:
                 return
-            body = self.rfile.read(length) if length else b""
             try:
                 path = sink.record(dict(self.headers.items()), body)
             except InvalidEvent as exc:
-                self._send_json(400, {"error": "invalid_event", "message": exc.message})
+                self._send_error(400, "invalid_event", exc.message)
                 return
             self._send_json(202, {"recorded": True, "file": path.name})
 
@@ -150,7 +147,7 @@ def _handler_for(sink: DeadLetterSink) -> type[BaseHTTPRequestHandler]:
             elif path in ("/", "/dead-letters"):
                 self._send_json(200, deadletters.list_records(sink.state_dir))
             else:
-                self._send_json(404, {"error": "not_found", "message": f"no such path: {path}"})
+                self._send_error(404, "not_found", f"no such path: {path}")
 
     return Handler
 

@@ -28,3 +28,43 @@ class JsonRequestHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+
+    def _send_error(self, status: int, error: str, message: str) -> None:
+        self._send_json(status, {"error": error, "message": message})
+
+    def _read_body(self, limit: int) -> bytes | None:
+        """The request body (Content-Length or chunked); None when it is over `limit` bytes.
+
+        Raises ValueError for malformed framing.
+        """
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            chunks: list[bytes] = []
+            total = 0
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    return b"".join(chunks)
+                total += size
+                if total > limit:
+                    return None
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > limit:
+            return None
+        return self.rfile.read(length) if length else b""
+
+    def _read_body_or_refuse(self, limit: int) -> bytes | None:
+        """The body, or None after answering 400 (bad framing) or 413 (over `limit`)."""
+        try:
+            body = self._read_body(limit)
+        except ValueError:
+            self.close_connection = True
+            self._send_error(400, "bad_request", "malformed body framing (Content-Length/chunks)")
+            return None
+        if body is None:
+            self.close_connection = True
+            self._send_error(413, "too_large", f"events are limited to {limit} bytes")
+        return body

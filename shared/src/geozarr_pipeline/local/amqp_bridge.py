@@ -286,7 +286,7 @@ def _serve_health(bridge: Bridge, host: str, port: int) -> ThreadingHTTPServer:
     class Handler(JsonRequestHandler):
         def do_GET(self) -> None:
             if urlsplit(self.path).path != "/healthz":
-                self._send_json(404, {"error": "not_found", "message": "GET /healthz"})
+                self._send_error(404, "not_found", "GET /healthz")
                 return
             ready = bridge.consuming.is_set()
             self._send_json(200 if ready else 503, {"consuming": ready, **bridge.counts})

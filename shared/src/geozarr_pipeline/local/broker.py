@@ -495,51 +495,21 @@ def _handler_for(broker: LocalBroker) -> type[BaseHTTPRequestHandler]:
     class Handler(JsonRequestHandler):
         server_version = "geozarr-local-broker"
 
-        def _error(self, status: int, error: str, message: str) -> None:
-            self._send_json(status, {"error": error, "message": message})
-
-        def _read_body(self) -> bytes | None:
-            if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-                chunks: list[bytes] = []
-                total = 0
-                while True:
-                    size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
-                    if size == 0:
-                        while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                            pass
-                        return b"".join(chunks)
-                    total += size
-                    if total > MAX_INGRESS_BYTES:
-                        return None
-                    chunks.append(self.rfile.read(size))
-                    self.rfile.readline()
-            length = int(self.headers.get("Content-Length") or 0)
-            if length > MAX_INGRESS_BYTES:
-                return None
-            return self.rfile.read(length) if length else b""
-
         def do_POST(self) -> None:
             if urlsplit(self.path).path != "/":
-                self._error(404, "not_found", "POST CloudEvents to /")
+                self._send_error(404, "not_found", "POST CloudEvents to /")
                 return
-            try:
-                body = self._read_body()
-            except ValueError:
-                self.close_connection = True
-                self._error(400, "bad_request", "malformed body framing (Content-Length/chunks)")
-                return
+            body = self._read_body_or_refuse(MAX_INGRESS_BYTES)
             if body is None:
-                self.close_connection = True
-                self._error(413, "too_large", f"events are limited to {MAX_INGRESS_BYTES} bytes")
                 return
             try:
                 event = parse_event(dict(self.headers.items()), body)
             except InvalidEvent as exc:
-                self._error(400, "invalid_event", exc.message)
+                self._send_error(400, "invalid_event", exc.message)
                 return
             entry = broker.publish(event)
             if entry is None:
-                self._error(503, "stopping", "the broker is shutting down")
+                self._send_error(503, "stopping", "the broker is shutting down")
                 return
             self._send_json(
                 HTTPStatus.ACCEPTED,
@@ -562,7 +532,7 @@ def _handler_for(broker: LocalBroker) -> type[BaseHTTPRequestHandler]:
                     after = int(params.get("after", ["0"])[-1])
                     wait = float(params.get("wait", ["0"])[-1])
                 except ValueError:
-                    self._error(400, "bad_query", "after must be an integer, wait a number")
+                    self._send_error(400, "bad_query", "after must be an integer, wait a number")
                     return
                 query = _single_values(parts.query, EVENT_QUERY_KEYS)
                 self._send_json(200, broker.events(query, after=after, wait=wait))
@@ -570,7 +540,7 @@ def _handler_for(broker: LocalBroker) -> type[BaseHTTPRequestHandler]:
                 try:
                     after = int(parse_qs(parts.query).get("after", ["0"])[-1])
                 except ValueError:
-                    self._error(400, "bad_query", "after must be an integer")
+                    self._send_error(400, "bad_query", "after must be an integer")
                     return
                 query = _single_values(parts.query, DEAD_LETTER_QUERY_KEYS)
                 self._send_json(200, broker.dead_letters(query, after=after))
@@ -582,7 +552,7 @@ def _handler_for(broker: LocalBroker) -> type[BaseHTTPRequestHandler]:
             elif parts.path == "/routes":
                 self._send_json(200, broker.routes_table())
             else:
-                self._error(404, "not_found", f"no such path: {parts.path}")
+                self._send_error(404, "not_found", f"no such path: {parts.path}")
 
     return Handler
 
