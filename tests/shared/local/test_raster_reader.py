@@ -16,6 +16,7 @@ from geozarr_pipeline.local.geozarr_reader import (
     VariableRef,
 )
 from geozarr_pipeline.local.raster import default_variables, store_url_for
+from geozarr_pipeline.stac.hrefs import public_href, storage_href, store_href
 from tests.fixtures.stac_api import ConvertedStore
 
 LEVELS = ["r10m", "r20m", "r60m", "r120m", "r360m", "r720m"]
@@ -108,3 +109,13 @@ def test_store_discovery_maps_public_hrefs_back_to_storage() -> None:
     assert store_url_for(item, Settings()) == "s3://bucket/c/X.zarr"
     item["links"] = [{"rel": "store", "href": "s3://other/X.zarr/"}]
     assert store_url_for(item, Settings()) == "s3://other/X.zarr"
+
+
+@pytest.mark.parametrize("root", ["s3://bucket/geozarr/", "relative/out"])
+def test_public_and_storage_hrefs_are_inverse(root: str) -> None:
+    settings = Settings(public_base_url="https://data.example.test/geozarr/", output_root=root)
+    stored = f"{store_href(root)}/c/X.zarr/measurements/reflectance"
+    public = public_href(stored, settings)
+    assert public == "https://data.example.test/geozarr/c/X.zarr/measurements/reflectance"
+    assert storage_href(public, settings) == stored
+    assert storage_href("https://elsewhere.test/geozarr/c/X.zarr", settings) is None

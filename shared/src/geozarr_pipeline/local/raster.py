@@ -52,6 +52,7 @@ from geozarr_pipeline.catalog import Catalog, open_catalog
 from geozarr_pipeline.config import Settings
 from geozarr_pipeline.errors import PipelineError, SourceNotFound, status_code_for
 from geozarr_pipeline.local.geozarr_reader import GeoZarrReader, ItemSource, StoreOpener
+from geozarr_pipeline.stac.hrefs import storage_href
 from geozarr_pipeline.visual.encoding import with_query
 from geozarr_pipeline.visual.item import PRODUCT_KEY, default_rendering, store_root
 from geozarr_pipeline.visual.links import DEFAULT_TMS
@@ -81,9 +82,9 @@ def store_url_for(item: dict[str, Any], settings: Settings) -> str:
     store = store_root(item)
     if store is None:
         raise SourceNotFound(f"item {item.get('id')!r} has no Zarr asset or store link")
-    public = (settings.public_base_url or "").rstrip("/")
-    if public and (store == public or store.startswith(public + "/")):
-        return settings.output_root.rstrip("/") + store[len(public) :]
+    storage = storage_href(store, settings)
+    if storage is not None:
+        return storage
     product = (item.get("assets") or {}).get(PRODUCT_KEY) or {}
     alternate = ((product.get("alternate") or {}).get("s3") or {}).get("href")
     if alternate and urlparse(store).scheme in ("http", "https"):

@@ -34,6 +34,14 @@ def public_href(url: str, settings: Settings) -> str | None:
     return None
 
 
+def storage_href(url: str, settings: Settings) -> str | None:
+    """The inverse of `public_href`: `url` under `public_base_url` mapped back to `output_root`."""
+    public = (settings.public_base_url or "").rstrip("/")
+    if not public or not (url == public or url.startswith(public + "/")):
+        return None
+    return _normalise(settings.output_root).rstrip("/") + url[len(public) :]
+
+
 def asset_hrefs(url: str, settings: Settings) -> tuple[str, dict[str, Any]]:
     """The href of an asset and its `alternate` entries (alternate-assets extension)."""
     public = public_href(url, settings)
