@@ -102,6 +102,7 @@ def test_s3_staged_publish_uploads_and_clear_removes(
     location = storage.output_for(s3_settings(tmp_path, s3_server, s3_bucket), "c", "item")
     client = s3_server.client()
     client.put_object(Bucket=s3_bucket, Key="geozarr/c/item.zarr/stale/0.0", Body=b"x")
+    location.clear()
     location.prepare()
     assert s3_server.keys(s3_bucket, "geozarr/c/item.zarr/") == []
     staged = Path(location.write_url)

@@ -417,12 +417,12 @@ class S3Output(OutputLocation):
                     )
         except BotoCoreError as exc:
             raise TransientError(f"S3 listing failed: {exc}") from exc
-
-    def prepare(self) -> None:
-        self.clear()
         if self.staged:
             for leftover in self.staging.parent.glob(f"{self.item_id}.zarr.*"):
                 shutil.rmtree(leftover, ignore_errors=True)
+
+    def prepare(self) -> None:
+        if self.staged:
             self.staging.parent.mkdir(parents=True, exist_ok=True)
 
     def publish(self) -> None:
@@ -449,8 +449,6 @@ class S3Output(OutputLocation):
             self._call("upload", self.client.put_object, Bucket=self.bucket, Key=key, Body=body)
 
     def discard(self) -> None:
-        if self.staged:
-            shutil.rmtree(self.staging, ignore_errors=True)
         self.clear()
 
     def write_marker(self, marker: dict[str, Any]) -> None:
