@@ -23,6 +23,7 @@ from cloudevents.http import CloudEvent
 from geozarr_pipeline import cli
 from geozarr_pipeline.events import EventType, Stage, reply_id
 from geozarr_pipeline.local.broker import DeadLettered, wait_for_event
+from geozarr_pipeline.local.journal import matches_query
 from geozarr_pipeline.local.processes import ManagedProcess, free_port, http_ready
 
 REPO_TRIGGERS = Path(__file__).resolve().parents[3] / "knative" / "base" / "triggers.yaml"
@@ -702,3 +703,17 @@ def test_sigterm_stops_quickly_and_leaves_nothing_half_written(
         again.url, event_type=CONVERT_DONE, subject="stop-0", after=accepted["seq"] - 1
     )
     assert seen["seq"] == 4
+
+
+def test_queries_match_entry_fields_and_event_attributes() -> None:
+    entry = {
+        "origin": "reply",
+        "trigger": "geozarr-register",
+        "event": {"attributes": {"type": CONVERT_DONE, "subject": "S2A_X"}},
+    }
+    assert matches_query(entry, {"origin": "reply", "type": CONVERT_DONE, "subject": "S2A_X"})
+    assert matches_query(entry, {"trigger": "geozarr-register"})
+    assert not matches_query(entry, {"origin": "ingress"})
+    assert not matches_query(entry, {"trigger": "geozarr-convert"})
+    assert not matches_query(entry, {"subject": "S2A_Y"})
+    assert not matches_query(entry, {"id": "1"})

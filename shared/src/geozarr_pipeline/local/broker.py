@@ -38,11 +38,13 @@ from geozarr_pipeline.cloudevent_http import parse_event
 from geozarr_pipeline.errors import InvalidEvent, is_retryable_status
 from geozarr_pipeline.jsonhttp import JsonRequestHandler
 from geozarr_pipeline.local import deadletters
+from geozarr_pipeline.local.deadletters import utc_now
 from geozarr_pipeline.local.journal import BrokerState, event_to_record, matches_query
 from geozarr_pipeline.local.routing import (
     ManifestError,
     Route,
     load_routes,
+    matching_routes,
     parse_subscriber_options,
 )
 from geozarr_pipeline.logs import configure_logging
@@ -64,14 +66,6 @@ def binary_request(event: CloudEvent) -> tuple[dict[str, str], bytes]:
     if event.data is not None and not isinstance(event.data, bytes | bytearray | str):
         headers.setdefault("content-type", "application/json")
     return headers, body or b""
-
-
-def _truncate(body: bytes, limit: int = RECORDED_BODY_BYTES) -> str:
-    return body[:limit].decode("utf-8", errors="replace")
-
-
-def _now() -> str:
-    return deadletters.utc_now()
 
 
 @dataclass
@@ -167,7 +161,7 @@ class LocalBroker:
     ) -> dict[str, Any] | None:
         """Journal an event and queue it for every matching Trigger; never blocks on delivery."""
         attributes = event.get_attributes()
-        matched = [r for r in self.routes if r.matches(attributes)]
+        matched = matching_routes(self.routes, attributes)
         served = [r for r in matched if r.name in self._queues]
         unserved = [r.name for r in matched if r.name not in self._queues]
         entry = self.state.append_event(event, origin, parent, [r.name for r in served], unserved)
@@ -195,10 +189,7 @@ class LocalBroker:
 
     def _work(self, deliveries: queue.Queue[Delivery | None]) -> None:
         while not self._stopping.is_set():
-            try:
-                delivery = deliveries.get(timeout=0.2)
-            except queue.Empty:
-                continue
+            delivery = deliveries.get()
             if delivery is None:
                 return
             try:
@@ -209,7 +200,7 @@ class LocalBroker:
     def _attempt(self, delivery: Delivery, number: int) -> Attempt:
         headers, body = binary_request(delivery.event)
         timeout = delivery.route.delivery.timeout or self.default_timeout
-        started_at = _now()
+        started_at = utc_now()
         started = time.monotonic()
         try:
             response = self._client.post(
@@ -304,7 +295,7 @@ class LocalBroker:
     ) -> None:
         self.state.append_delivery(
             {
-                "finished_at": _now(),
+                "finished_at": utc_now(),
                 "trigger": delivery.route.name,
                 "subscriber": delivery.route.subscriber,
                 "url": delivery.url,
@@ -332,7 +323,7 @@ class LocalBroker:
         record: dict[str, Any] = {
             "version": deadletters.RECORD_VERSION,
             "record_id": deadletters.new_record_id(),
-            "recorded_at": _now(),
+            "recorded_at": utc_now(),
             "reason": reason,
             "trigger": delivery.route.name,
             "subscriber": {"service": delivery.route.subscriber, "url": delivery.url},
@@ -340,7 +331,7 @@ class LocalBroker:
             "journal_seq": delivery.seq,
             "last_status": last.status,
             "last_error": last.error,
-            "response_body": _truncate(last.body),
+            "response_body": last.body[:RECORDED_BODY_BYTES].decode("utf-8", errors="replace"),
             "response_content_type": last.headers.get("content-type"),
             "attempts": len(attempts),
             "attempt_log": [a.summary() for a in attempts],

@@ -21,6 +21,8 @@ from geozarr_pipeline.local import deadletters
 
 JOURNAL_FILE = "events.jsonl"
 DELIVERIES_FILE = "deliveries.jsonl"
+# Query keys matched against a journal entry or dead-letter record itself, not its event.
+ENTRY_FIELDS = ("origin", "trigger")
 
 
 def event_to_record(event: CloudEvent) -> dict[str, Any]:
@@ -133,14 +135,9 @@ class BrokerState:
 
 
 def matches_query(entry: Mapping[str, Any], query: Mapping[str, str]) -> bool:
+    """Every query key equals the entry's own field (origin, trigger) or event attribute."""
     attributes = entry.get("event", {}).get("attributes", {})
-    for name, wanted in query.items():
-        if name == "origin":
-            if entry.get("origin") != wanted:
-                return False
-        elif name == "trigger":
-            if entry.get("trigger") != wanted:
-                return False
-        elif str(attributes.get(name, "")) != wanted:
-            return False
-    return True
+    return all(
+        (entry.get(name) if name in ENTRY_FIELDS else str(attributes.get(name, ""))) == wanted
+        for name, wanted in query.items()
+    )

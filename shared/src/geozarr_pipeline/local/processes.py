@@ -30,7 +30,7 @@ def http_ready(url: str, timeout: float = 1.0) -> Callable[[], bool]:
 
     def probe() -> bool:
         try:
-            return httpx.get(url, timeout=timeout).status_code < 500
+            return httpx.get(url, timeout=timeout, trust_env=False).status_code < 500
         except httpx.HTTPError:
             return False
 
@@ -63,17 +63,16 @@ class ManagedProcess:
 
     def start(self) -> ManagedProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log_file = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            list(self.command),
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env={**os.environ, **self.env},
-            cwd=self.cwd,
-            start_new_session=True,
-        )
-        log_file.close()
+        with self.log_path.open("ab") as log_file:
+            self.process = subprocess.Popen(
+                list(self.command),
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, **self.env},
+                cwd=self.cwd,
+                start_new_session=True,
+            )
         return self
 
     @property

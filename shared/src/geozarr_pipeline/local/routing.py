@@ -8,7 +8,7 @@ a subscriber `ref` (a Service name, mapped to a local URL) or an absolute `uri`,
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -229,7 +229,7 @@ def load_routes(manifests: Path, broker: str | None = None) -> list[Route]:
     return routes
 
 
-def matching_routes(routes: list[Route], attributes: Mapping[str, Any]) -> list[Route]:
+def matching_routes(routes: Sequence[Route], attributes: Mapping[str, Any]) -> list[Route]:
     return [route for route in routes if route.matches(attributes)]
 
 
