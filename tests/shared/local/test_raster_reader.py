@@ -13,6 +13,7 @@ from geozarr_pipeline.local.geozarr_reader import (
     GeoZarrReader,
     ItemSource,
     StoreOpener,
+    TtlCache,
     VariableRef,
 )
 from geozarr_pipeline.local.raster import default_variables, store_url_for
@@ -119,3 +120,23 @@ def test_public_and_storage_hrefs_are_inverse(root: str) -> None:
     assert public == "https://data.example.test/geozarr/c/X.zarr/measurements/reflectance"
     assert storage_href(public, settings) == stored
     assert storage_href("https://elsewhere.test/geozarr/c/X.zarr", settings) is None
+
+
+def test_ttl_cache_reuses_within_its_lifetime_and_drops_expired_entries() -> None:
+    import time
+
+    cache: TtlCache[str, int] = TtlCache(seconds=0.2)
+    loads: list[str] = []
+
+    def load(key: str) -> int:
+        loads.append(key)
+        return len(loads)
+
+    assert cache.get("a", lambda: load("a")) == cache.get("a", lambda: load("a")) == 1
+    time.sleep(0.25)
+    assert cache.get("b", lambda: load("b")) == 2
+    assert cache.get("a", lambda: load("a")) == 3, "an expired entry is loaded again"
+    assert len(cache._entries) == 2
+    time.sleep(0.25)
+    cache.get("c", lambda: load("c"))
+    assert list(cache._entries) == ["c"], "expired entries are dropped on insert"

@@ -63,6 +63,30 @@ def _parent(group: str) -> tuple[str, str]:
     return (parent or "/"), name
 
 
+class TtlCache[K, V]:
+    """Values kept for `seconds` after they were loaded; expired entries are dropped on insert,
+    so a long-running server holds only what was used recently."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._entries: dict[K, tuple[float, V]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: K, load: Callable[[], V]) -> V:
+        now = time.monotonic()
+        with self._lock:
+            cached = self._entries.get(key)
+            if cached and now - cached[0] < self.seconds:
+                return cached[1]
+        value = load()
+        with self._lock:
+            self._entries = {
+                k: entry for k, entry in self._entries.items() if now - entry[0] < self.seconds
+            }
+            self._entries[key] = (now, value)
+        return value
+
+
 @dataclass
 class StoreOpener:
     """Opens groups of GeoZarr stores (local, s3:// against any endpoint, http[s]://).
@@ -73,8 +97,9 @@ class StoreOpener:
     """
 
     settings: Settings
-    _cache: dict[tuple[str, str], tuple[float, xarray.Dataset]] = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _cache: TtlCache[tuple[str, str], xarray.Dataset] = field(
+        default_factory=lambda: TtlCache(CACHE_SECONDS)
+    )
 
     def _store(self, url: str) -> Any:
         parsed = urlparse(url)
@@ -102,22 +127,16 @@ class StoreOpener:
         return ObjectStore(store=local, read_only=True)
 
     def dataset(self, store_url: str, group: str) -> xarray.Dataset:
-        key = (store_url, group)
-        now = time.monotonic()
-        with self._lock:
-            cached = self._cache.get(key)
-            if cached and now - cached[0] < CACHE_SECONDS:
-                return cached[1]
-        opened = xarray.open_dataset(
-            self._store(store_url),
-            group=group.strip("/") or None,
-            engine="zarr",
-            decode_coords="all",
-            consolidated=False,
+        return self._cache.get(
+            (store_url, group),
+            lambda: xarray.open_dataset(
+                self._store(store_url),
+                group=group.strip("/") or None,
+                engine="zarr",
+                decode_coords="all",
+                consolidated=False,
+            ),
         )
-        with self._lock:
-            self._cache[key] = (now, opened)
-        return opened
 
     def group_attrs(self, store_url: str, group: str) -> dict[str, Any]:
         return dict(self.dataset(store_url, group).attrs)

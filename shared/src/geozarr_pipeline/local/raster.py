@@ -22,8 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import threading
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -51,7 +49,12 @@ from titiler.xarray.dependencies import DatasetParams, PartFeatureParams, Previe
 from geozarr_pipeline.catalog import Catalog, open_catalog
 from geozarr_pipeline.config import Settings
 from geozarr_pipeline.errors import PipelineError, SourceNotFound, status_code_for
-from geozarr_pipeline.local.geozarr_reader import GeoZarrReader, ItemSource, StoreOpener
+from geozarr_pipeline.local.geozarr_reader import (
+    GeoZarrReader,
+    ItemSource,
+    StoreOpener,
+    TtlCache,
+)
 from geozarr_pipeline.stac.hrefs import storage_href
 from geozarr_pipeline.visual.encoding import with_query
 from geozarr_pipeline.visual.item import PRODUCT_KEY, default_rendering, store_root
@@ -110,20 +113,14 @@ class ItemResolver:
     settings: Settings
     catalog: Catalog
     opener: StoreOpener
-    _cache: dict[tuple[str, str], tuple[float, dict[str, Any]]] = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _cache: TtlCache[tuple[str, str], dict[str, Any]] = field(
+        default_factory=lambda: TtlCache(ITEM_CACHE_SECONDS)
+    )
 
     def item(self, collection_id: str, item_id: str) -> dict[str, Any]:
-        key = (collection_id, item_id)
-        now = time.monotonic()
-        with self._lock:
-            cached = self._cache.get(key)
-            if cached and now - cached[0] < ITEM_CACHE_SECONDS:
-                return cached[1]
-        item = self.catalog.get_item(collection_id, item_id)
-        with self._lock:
-            self._cache[key] = (now, item)
-        return item
+        return self._cache.get(
+            (collection_id, item_id), lambda: self.catalog.get_item(collection_id, item_id)
+        )
 
     def source(self, collection_id: str, item_id: str) -> ItemSource:
         item = self.item(collection_id, item_id)
