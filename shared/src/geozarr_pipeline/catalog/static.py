@@ -49,6 +49,15 @@ def write_json_atomic(path: Path, document: dict[str, Any]) -> None:
         raise
 
 
+@contextlib.contextmanager
+def locked_folder(folder: Path) -> Iterator[None]:
+    """An exclusive lock on `folder` (its `.lock` file), released when the file closes."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / ".lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 class StaticCatalog:
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
@@ -76,16 +85,8 @@ class StaticCatalog:
     def collection_url(self, collection_id: str) -> str:
         return self.collection_path(collection_id).as_uri()
 
-    @contextlib.contextmanager
-    def _locked(self, collection_id: str) -> Iterator[None]:
-        folder = self.root / self._safe(collection_id)
-        folder.mkdir(parents=True, exist_ok=True)
-        with (folder / ".lock").open("a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+    def _locked(self, collection_id: str) -> contextlib.AbstractContextManager[None]:
+        return locked_folder(self.root / self._safe(collection_id))
 
     # Catalog and collections -------------------------------------------------------------
     def _ensure_root(self) -> dict[str, Any]:
@@ -116,8 +117,7 @@ class StaticCatalog:
 
     def ensure_collection(self, collection_id: str) -> None:
         path = self.collection_path(collection_id)
-        self.root.mkdir(parents=True, exist_ok=True)
-        with self._locked_root():
+        with locked_folder(self.root):
             if not path.exists():
                 collection = collection_template(collection_id)
                 collection["links"] = [
@@ -128,15 +128,6 @@ class StaticCatalog:
                 ]
                 write_json_atomic(path, collection)
             self._add_child_link(collection_id)
-
-    @contextlib.contextmanager
-    def _locked_root(self) -> Iterator[None]:
-        with (self.root / ".lock").open("a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
 
     # Items -------------------------------------------------------------------------------
     def get_item(self, collection_id: str, item_id: str) -> StacItem:
