@@ -20,6 +20,7 @@ import pytest
 
 from geozarr_pipeline.events import EventType, Stage
 from geozarr_pipeline.local.processes import ManagedProcess, free_port, tcp_ready
+from geozarr_pipeline.local.stack import function_command
 
 ROOT = Path(__file__).resolve().parents[2]
 HEAVY = ("xarray", "dask", "eopf_geozarr", "zarr")
@@ -94,22 +95,10 @@ def installed(
 @pytest.fixture(scope="module")
 def served(installed: Installed) -> Iterator[tuple[Installed, str]]:
     port = free_port()
-    source = (
-        ROOT / "functions" / installed.stage.value / f"geozarr_{installed.stage.value}" / "main.py"
-    )
+    module = f"geozarr_{installed.stage.value}.main"
     process = ManagedProcess(
         name=f"{installed.stage.value}-alone",
-        command=[
-            str(installed.bin / "functions-framework"),
-            "--target",
-            "handle",
-            "--source",
-            str(source),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
+        command=function_command(module, port, python=str(installed.bin / "python")),
         log_path=installed.workdir / "function.log",
         cwd=installed.workdir,
         env={"GEOZARR_OUTPUT_ROOT": str(installed.workdir / "out")},
