@@ -29,8 +29,8 @@ EXTENSIONS = {
 }
 # Properties that describe the source product's own layout, not the converted store.
 SOURCE_ONLY_PROPERTIES = ("proj:bbox", "proj:shape", "proj:transform", "proj:epsg", "proj:wkt2")
-# Links that each catalog backend sets for itself.
-BACKEND_LINK_RELS = frozenset({"self", "root", "parent", "collection", "derived_from"})
+# Source links not carried over: the catalog sets its own, and derived_from points at the source.
+DROPPED_SOURCE_LINK_RELS = frozenset({"self", "root", "parent", "collection", "derived_from"})
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,7 @@ def band_catalogue(source_item: dict[str, Any]) -> dict[str, dict[str, Any]]:
         if not name:
             return
         if name.isdigit() or (len(name) == 2 and name[0].isdigit()):
-            name = f"b{name}".lower()
+            name = f"b{name}"
         info = found.setdefault(name, {})
         for ours, keys in (
             ("description", ("description",)),
@@ -125,9 +125,8 @@ def band_catalogue(source_item: dict[str, Any]) -> dict[str, dict[str, Any]]:
                 if key in entry and ours not in info:
                     value = entry[key]
                     if ours == "eo:center_wavelength" and isinstance(value, int | float):
-                        value = round(
-                            value / 1000 if value > 100 else value, 6
-                        )  # nm -> micrometres
+                        # Some sources give nanometres; STAC wants micrometres.
+                        value = round(value / 1000 if value > 100 else value, 6)
                     info[ours] = value
 
     for asset in (source_item.get("assets") or {}).values():
@@ -323,7 +322,7 @@ def build_item(
     links = [
         copy.deepcopy(link)
         for link in source_item.get("links") or []
-        if isinstance(link, dict) and link.get("rel") not in BACKEND_LINK_RELS
+        if isinstance(link, dict) and link.get("rel") not in DROPPED_SOURCE_LINK_RELS
     ]
     links.append(source_link)
     geometry = copy.deepcopy(source_item.get("geometry"))
