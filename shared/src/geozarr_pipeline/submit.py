@@ -96,7 +96,10 @@ def read_items(path: Path, collection: str | None = None) -> list[dict[str, Any]
     """
     text = path.read_text()
     if text.lstrip().startswith("["):
-        loaded = json.loads(text)
+        try:
+            loaded = json.loads(text)
+        except ValueError as exc:
+            raise SubmitError(f"{path}: not valid JSON: {exc}") from exc
         if not isinstance(loaded, list) or not all(isinstance(i, dict) for i in loaded):
             raise SubmitError(f"{path}: a JSON file must hold an array of objects")
         return [dict(i) for i in loaded]
@@ -153,14 +156,26 @@ def submit_http(
                     f"{url} refused event {submission.event_id} ({submission.subject}): "
                     f"{response.status_code} {response.text[:500]}"
                 )
-            results.append(
-                {
-                    "id": submission.event_id,
-                    "subject": submission.subject,
-                    "status": response.status_code,
-                }
-            )
+            result: dict[str, Any] = {
+                "id": submission.event_id,
+                "subject": submission.subject,
+                "status": response.status_code,
+            }
+            seq = _journal_seq(response)
+            if seq is not None:
+                result["seq"] = seq
+            results.append(result)
     return results
+
+
+def _journal_seq(response: httpx.Response) -> int | None:
+    """The local broker's journal position of the accepted event; None from other receivers."""
+    try:
+        answer = response.json()
+    except ValueError:
+        return None
+    seq = answer.get("seq") if isinstance(answer, dict) else None
+    return seq if isinstance(seq, int) else None
 
 
 # --- AMQP -------------------------------------------------------------------------------------
@@ -254,26 +269,30 @@ def _print(results: list[dict[str, Any]]) -> None:
         sys.stdout.write(json.dumps(result) + "\n")
 
 
-def _wait(args: argparse.Namespace, submissions: list[Submission]) -> None:
+def _wait(args: argparse.Namespace, results: list[dict[str, Any]]) -> None:
+    """Wait for each item's augment.done of this run: journal entries before it do not count."""
     from geozarr_pipeline.local.broker import wait_for_event
 
-    for submission in submissions:
+    for result in results:
+        if "seq" not in result:
+            raise SubmitError(f"{args.url} is not the local broker: --wait cannot follow the run")
         entry = wait_for_event(
             args.url,
             event_type=EventType.AUGMENT_DONE.value,
-            subject=submission.subject,
+            subject=result["subject"],
             timeout=args.wait,
+            after=result["seq"] - 1,
         )
-        sys.stdout.write(json.dumps({"done": submission.subject, "event": entry["event"]}) + "\n")
+        sys.stdout.write(json.dumps({"done": result["subject"], "event": entry["event"]}) + "\n")
 
 
 def _http_command(args: argparse.Namespace) -> int:
     try:
-        submissions = _submissions(args)
-        _print(submit_http(submissions, args.url, mode=args.mode, timeout=args.timeout))
+        results = submit_http(_submissions(args), args.url, mode=args.mode, timeout=args.timeout)
+        _print(results)
         if args.wait:
-            _wait(args, submissions)
-    except (SubmitError, OSError, TimeoutError, RuntimeError) as exc:
+            _wait(args, results)
+    except (SubmitError, OSError, RuntimeError, httpx.HTTPError) as exc:
         sys.stderr.write(f"submit: {exc}\n")
         return 1
     return 0

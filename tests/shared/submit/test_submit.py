@@ -227,3 +227,36 @@ def test_cli_wait_reports_a_chain_that_does_not_finish(local_broker: str) -> Non
     assert result.returncode == 1
     assert json.loads(result.stdout.splitlines()[0])["subject"] == "S2A_MSIL2A_X"
     assert EventType.AUGMENT_DONE.value in result.stderr
+
+
+def submit_and_wait(url: str, item_id: str) -> subprocess.CompletedProcess[str]:
+    item = ["--item-id", item_id, "--source-url", ITEM["source_url"], "--collection", "c"]
+    return subprocess.run(
+        [CLI, "submit", "http", "--url", url, *item, "--wait", "1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_cli_wait_follows_this_run_not_an_earlier_one(local_broker: str, tmp_path: Path) -> None:
+    earlier = {
+        "ce-specversion": "1.0",
+        "ce-id": "earlier-run",
+        "ce-source": "urn:test",
+        "ce-type": EventType.AUGMENT_DONE.value,
+        "ce-subject": "S2_EARLIER",
+        "content-type": "application/json",
+    }
+    posted = httpx.post(local_broker, headers=earlier, content=b"{}", trust_env=False)
+    assert posted.status_code == 202
+    result = submit_and_wait(local_broker, "S2_EARLIER")
+    assert result.returncode == 1, result.stdout
+    assert json.loads(result.stdout.splitlines()[0])["seq"] == posted.json()["seq"] + 1
+    assert "no eopf.geozarr.augment.done event for S2_EARLIER" in result.stderr
+
+    with receiver() as function:
+        elsewhere = submit_and_wait(function.url, "S2_ELSEWHERE")
+    assert elsewhere.returncode == 1
+    assert "not the local broker" in elsewhere.stderr
