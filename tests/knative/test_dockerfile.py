@@ -157,12 +157,9 @@ def test_images_named_in_the_manifests_have_a_target(stages: dict[str, Stage]) -
     } == {i["name"] for i in kustomization["images"]}
 
 
-@pytest.mark.skipif(shutil.which("uv") is None, reason="uv is not on PATH")
-@pytest.mark.parametrize(
-    "package", ["geozarr-register", "geozarr-augment", "geozarr-pipeline-shared"]
-)
-def test_small_images_lock_slice_has_no_heavy_dependencies(package: str) -> None:
-    exported = subprocess.run(
+def lock_slice(package: str) -> str:
+    """What the image of `package` installs: its requirements exported from uv.lock."""
+    return subprocess.run(
         ["uv", "export", "--frozen", "--no-dev", "--no-hashes", "--package", package],
         cwd=ROOT,
         capture_output=True,
@@ -170,6 +167,14 @@ def test_small_images_lock_slice_has_no_heavy_dependencies(package: str) -> None
         check=True,
         timeout=120,
     ).stdout
+
+
+@pytest.mark.skipif(shutil.which("uv") is None, reason="uv is not on PATH")
+@pytest.mark.parametrize(
+    "package", ["geozarr-register", "geozarr-augment", "geozarr-pipeline-shared"]
+)
+def test_small_images_lock_slice_has_no_heavy_dependencies(package: str) -> None:
+    exported = lock_slice(package)
     names = {
         re.split(r"[=<>; \[]", line, maxsplit=1)[0].lower()
         for line in exported.splitlines()
@@ -181,13 +186,6 @@ def test_small_images_lock_slice_has_no_heavy_dependencies(package: str) -> None
 
 @pytest.mark.skipif(shutil.which("uv") is None, reason="uv is not on PATH")
 def test_convert_lock_slice_has_the_converter() -> None:
-    exported = subprocess.run(
-        ["uv", "export", "--frozen", "--no-dev", "--no-hashes", "--package", "geozarr-convert"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=120,
-    ).stdout
+    exported = lock_slice("geozarr-convert")
     assert re.search(r"^eopf-geozarr==", exported, re.MULTILINE)
     assert re.search(r"^functions-framework==", exported, re.MULTILINE)
