@@ -123,8 +123,10 @@ def test_chunked_events_are_recorded_and_bad_framing_refused(sink: tuple[str, Pa
     assert [r["event"]["attributes"]["id"] for r in records] == ["chunked-1"]
     assert records[0]["event"]["data"] == json.loads(data)
 
-    status, answer = raw_post(url, "Content-Length: twelve\r\n")
-    assert (status, answer["error"]) == (400, "bad_request")
+    for framing in ("Content-Length: twelve", "Content-Length: -1", "Transfer-Encoding: chunked"):
+        body = b"-5\r\n" if "chunked" in framing else b""
+        status, answer = raw_post(url, framing + "\r\n", body)
+        assert (status, answer["error"]) == (400, "bad_request"), framing
     status, answer = raw_post(url, f"Content-Length: {64 * 1024 * 1024}\r\n")
     assert (status, answer["error"]) == (413, "too_large")
     assert len(list((state / "dead-letters").glob("*.json"))) == 1

@@ -41,7 +41,7 @@ class JsonRequestHandler(BaseHTTPRequestHandler):
             chunks: list[bytes] = []
             total = 0
             while True:
-                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                size = _non_negative(int(self.rfile.readline().split(b";")[0].strip() or b"0", 16))
                 if size == 0:
                     while self.rfile.readline() not in (b"\r\n", b"\n", b""):
                         pass
@@ -51,7 +51,7 @@ class JsonRequestHandler(BaseHTTPRequestHandler):
                     return None
                 chunks.append(self.rfile.read(size))
                 self.rfile.readline()
-        length = int(self.headers.get("Content-Length") or 0)
+        length = _non_negative(int(self.headers.get("Content-Length") or 0))
         if length > limit:
             return None
         return self.rfile.read(length) if length else b""
@@ -68,3 +68,10 @@ class JsonRequestHandler(BaseHTTPRequestHandler):
             self.close_connection = True
             self._send_error(413, "too_large", f"events are limited to {limit} bytes")
         return body
+
+
+def _non_negative(size: int) -> int:
+    """A body or chunk size; a negative one would read until the client hangs up."""
+    if size < 0:
+        raise ValueError(f"negative size {size}")
+    return size
