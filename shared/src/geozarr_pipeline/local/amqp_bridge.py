@@ -172,6 +172,8 @@ class Bridge:
         """The broker's status, retrying connection errors and 5xx; None if never reached."""
         status: int | None = None
         for attempt in range(1, self.post_attempts + 1):
+            if attempt > 1 and self.stopping.wait(min(0.2 * 2 ** (attempt - 1), 5.0)):
+                break
             try:
                 response = self._client.post(
                     self.broker_url, headers=outgoing.headers, content=outgoing.body
@@ -193,8 +195,6 @@ class Bridge:
                     "broker unreachable",
                     extra={"attempt": attempt, "error": str(exc), "broker_url": self.broker_url},
                 )
-            if self.stopping.wait(min(0.2 * 2**attempt, 5.0)):
-                break
         return status
 
     def on_message(
