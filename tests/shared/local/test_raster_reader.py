@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import morecantile
@@ -9,6 +10,7 @@ import pytest
 from rio_tiler.errors import InvalidBandName, MissingBands
 
 from geozarr_pipeline.config import Settings
+from geozarr_pipeline.errors import SourceNotFound
 from geozarr_pipeline.local.geozarr_reader import (
     GeoZarrReader,
     ItemSource,
@@ -140,3 +142,11 @@ def test_ttl_cache_reuses_within_its_lifetime_and_drops_expired_entries() -> Non
     time.sleep(0.25)
     cache.get("c", lambda: load("c"))
     assert list(cache._entries) == ["c"], "expired entries are dropped on insert"
+
+
+def test_a_missing_store_or_group_is_not_found(source: ItemSource, tmp_path: Path) -> None:
+    opener = StoreOpener(Settings())
+    with pytest.raises(SourceNotFound, match="no store"):
+        opener.dataset(str(tmp_path / "gone.zarr"), "/measurements/reflectance/r10m")
+    with pytest.raises(SourceNotFound, match="no group"):
+        opener.dataset(source.store_url, "/measurements/reflectance/r5m")

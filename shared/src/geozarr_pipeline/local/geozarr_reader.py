@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 import attr
 import obstore
@@ -32,6 +32,7 @@ from rio_tiler.types import BBox
 from zarr.storage import ObjectStore
 
 from geozarr_pipeline.config import Settings
+from geozarr_pipeline.errors import SourceNotFound
 
 CACHE_SECONDS = 60.0
 
@@ -122,21 +123,26 @@ class StoreOpener:
         if parsed.scheme in ("http", "https"):
             http = obstore.store.HTTPStore.from_url(url, client_options={"allow_http": True})
             return ObjectStore(store=http, read_only=True)
-        path = Path(parsed.path) if parsed.scheme == "file" else Path(url)
+        path = Path(unquote(parsed.path)) if parsed.scheme == "file" else Path(url)
+        if not path.is_dir():
+            raise SourceNotFound(f"no store at {url}")
         local = obstore.store.LocalStore(str(path.resolve()))
         return ObjectStore(store=local, read_only=True)
 
-    def dataset(self, store_url: str, group: str) -> xarray.Dataset:
-        return self._cache.get(
-            (store_url, group),
-            lambda: xarray.open_dataset(
+    def _open(self, store_url: str, group: str) -> xarray.Dataset:
+        try:
+            return xarray.open_dataset(
                 self._store(store_url),
                 group=group.strip("/") or None,
                 engine="zarr",
                 decode_coords="all",
                 consolidated=False,
-            ),
-        )
+            )
+        except FileNotFoundError as exc:  # zarr's GroupNotFoundError among them
+            raise SourceNotFound(f"no group {group!r} in the store {store_url}") from exc
+
+    def dataset(self, store_url: str, group: str) -> xarray.Dataset:
+        return self._cache.get((store_url, group), lambda: self._open(store_url, group))
 
     def group_attrs(self, store_url: str, group: str) -> dict[str, Any]:
         return dict(self.dataset(store_url, group).attrs)
