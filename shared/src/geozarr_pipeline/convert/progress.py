@@ -14,15 +14,12 @@ class Progress:
         self.item_id = item_id
         self.collection = collection
         self.started = time.monotonic()
-        self.steps: list[tuple[str, float]] = []
 
     @property
     def elapsed(self) -> float:
         return round(time.monotonic() - self.started, 3)
 
     def step(self, step: str, **fields: Any) -> None:
-        elapsed = self.elapsed
-        self.steps.append((step, elapsed))
         log.info(
             f"convert {step}",
             extra={
@@ -30,7 +27,7 @@ class Progress:
                 "item_id": self.item_id,
                 "collection": self.collection,
                 "step": step,
-                "elapsed_s": elapsed,
+                "elapsed_s": self.elapsed,
                 **fields,
             },
         )

@@ -40,11 +40,9 @@ def run(event: ConvertRequested, settings: Settings) -> ConvertDone:
     item_id = event.resolved_item_id
     progress = Progress(item_id, event.collection)
     location = storage.output_for(settings, event.collection, item_id)
-    if not event.options.force:
-        done = finished(location)
-        if done is not None:
-            progress.step("already done", output_url=done.output_url)
-            return done
+    done = _already_done(event, location, progress)
+    if done is not None:
+        return done
     options = engine.EffectiveOptions.resolve(event.options, settings)
     source = sources.resolve_source(event.source_url, settings)
     metadata = sources.read_root_metadata(source.zarr_url, settings)
@@ -52,14 +50,22 @@ def run(event: ConvertRequested, settings: Settings) -> ConvertDone:
     progress.step("resolved", zarr_url=source.zarr_url, options=options.as_dict())
     lease = location.acquire(settings.convert_lease_seconds)
     try:
-        if not event.options.force:
-            done = finished(location)
-            if done is not None:
-                progress.step("already done", output_url=done.output_url)
-                return done
+        # Checked again under the lease: another delivery may have finished meanwhile.
+        done = _already_done(event, location, progress)
+        if done is not None:
+            return done
         return _convert(event, settings, source, options, location, lease, progress)
     finally:
         lease.release()
+
+
+def _already_done(
+    event: ConvertRequested, location: storage.OutputLocation, progress: Progress
+) -> ConvertDone | None:
+    done = None if event.options.force else finished(location)
+    if done is not None:
+        progress.step("already done", output_url=done.output_url)
+    return done
 
 
 def _convert(
