@@ -157,9 +157,7 @@ class LocalOutput(OutputLocation):
     def read_marker(self) -> dict[str, Any] | None:
         try:
             loaded: dict[str, Any] = json.loads(self.marker.read_text())
-        except FileNotFoundError:
-            return None
-        except ValueError:
+        except (FileNotFoundError, ValueError):
             return None
         return loaded
 
