@@ -19,7 +19,14 @@ from cloudevents.http import CloudEvent, from_http
 from pydantic import ValidationError
 
 from geozarr_pipeline.errors import InvalidEvent, InvalidInput, PipelineError, status_code_for
-from geozarr_pipeline.events import INPUT_MODELS, EventData, EventType, Stage, reply_id
+from geozarr_pipeline.events import (
+    INPUT_MODELS,
+    EventData,
+    EventType,
+    Stage,
+    reply_id,
+    validation_problems,
+)
 
 if TYPE_CHECKING:
     import flask
@@ -80,11 +87,7 @@ def decode_input(stage: Stage, event: CloudEvent) -> EventData:
     try:
         return model.model_validate(event_payload(event))
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'data'}: {err['msg']}"
-            for err in exc.errors()
-        )
-        raise InvalidInput(f"invalid {event_type} data: {problems}") from exc
+        raise InvalidInput(f"invalid {event_type} data: {validation_problems(exc)}") from exc
 
 
 def build_reply(stage: Stage, incoming: CloudEvent, result: EventData) -> CloudEvent:

@@ -8,7 +8,7 @@ from enum import StrEnum
 from typing import Annotated
 from urllib.parse import urlparse
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 SPEC_VERSION = "1.0"
 SOURCE_PREFIX = "urn:eopf-geozarr"
@@ -74,6 +74,14 @@ def item_id_from_url(url: str) -> str:
     path = urlparse(url).path.rstrip("/")
     name = path.rsplit("/", 1)[-1]
     return name.removesuffix(".zarr")
+
+
+def validation_problems(error: ValidationError, root: str = "data") -> str:
+    """`field.path: message; ...` for every problem of a failed model validation."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in problem['loc']) or root}: {problem['msg']}"
+        for problem in error.errors()
+    )
 
 
 class EventData(BaseModel):

@@ -24,7 +24,7 @@ from typing import Any, Literal
 import httpx
 from pydantic import ValidationError
 
-from geozarr_pipeline.events import SPEC_VERSION, ConvertRequested, EventType
+from geozarr_pipeline.events import SPEC_VERSION, ConvertRequested, EventType, validation_problems
 
 SUBMIT_SOURCE = "urn:eopf-geozarr:submit"
 SUBMIT_NAMESPACE = uuid.UUID("0d7f1a52-3c1e-4f7e-9a3b-5b8e2f6c9d41")
@@ -82,10 +82,7 @@ def make_submission(item: dict[str, Any], run_id: str = "") -> Submission:
     try:
         request = ConvertRequested.model_validate(item)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'item'}: {e['msg']}" for e in exc.errors()
-        )
-        raise SubmitError(f"invalid item {item!r}: {problems}") from exc
+        raise SubmitError(f"invalid item {item!r}: {validation_problems(exc, 'item')}") from exc
     return Submission(request=request, event_id=event_id_for(request, run_id))
 
 
