@@ -110,7 +110,6 @@ class ScalePlan:
     footprint: Footprint
     coarsest: int
     scaled_coarsest: int
-    requested_scale: float
 
     @property
     def scale(self) -> float:
@@ -119,9 +118,6 @@ class ScalePlan:
 
     def size(self, native: int) -> int:
         return native * self.scaled_coarsest // self.coarsest
-
-    def pixel_size(self, native: int) -> float:
-        return self.footprint.width / self.size(native)
 
     def chunk(self, native_chunk: int, native: int) -> int:
         """The shrunken chunk: as many chunks along the axis as in the real product."""
@@ -180,4 +176,4 @@ def plan_scale(spec: dict[str, Any], scale: float) -> ScalePlan:
     target = coarsest * scale
     candidates = [k for k in range(1, coarsest + 1) if exact(k)] or [coarsest]
     best = min(candidates, key=lambda k: (abs(math.log(k / target)), -k))
-    return ScalePlan(footprint, coarsest, best, scale)
+    return ScalePlan(footprint, coarsest, best)
