@@ -229,8 +229,6 @@ def open_source(zarr_url: str, settings: Settings) -> Any:
         )
     except FileNotFoundError as exc:
         raise SourceNotFound(f"cannot open the product {zarr_url}: {exc}") from exc
-    except (TimeoutError, ConnectionError) as exc:
-        raise TransientError(f"network error opening {zarr_url}: {exc}") from exc
     except Exception as exc:
         if _is_network_error(exc):
             raise TransientError(f"network error opening {zarr_url}: {exc}") from exc
