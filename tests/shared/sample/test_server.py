@@ -58,9 +58,9 @@ def test_store_opens_over_http(sample_server: SampleServerInfo) -> None:
 
 
 def test_store_opens_with_the_converter_reader(sample_server: SampleServerInfo) -> None:
-    from eopf_geozarr.conversion import open_source_datatree
+    from geozarr_pipeline.convert.engine import load_library
 
-    tree = open_source_datatree(sample_server.zarr_url(sample_server.l1c_id))
+    tree = load_library().open_source_datatree(sample_server.zarr_url(sample_server.l1c_id))
     b08 = tree["measurements/reflectance/r10m/b08"]
     assert b08.chunks is not None
     assert float(b08.mean()) > 0
