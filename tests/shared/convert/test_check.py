@@ -98,7 +98,7 @@ def test_packed_dn1000_defect_is_repaired(
     store = copy_of(raw_packed, tmp_path)
     out = zarr.open_group(str(store), mode="r")
     b02_120 = out[f"{REFL}/r120m/b02"]
-    expected = check.block_all(check.block_all(source_nodata(sample_root, "r60m", "b02"), 2), 1)
+    expected = check.block_all(source_nodata(sample_root, "r60m", "b02"), 2)
     expected = expected[: b02_120.shape[0], : b02_120.shape[1]]
     assert (b02_120[:][expected] == 1000).all()
 
