@@ -5,7 +5,8 @@ product the same way: `product` is the Zarr store root (`application/vnd.zarr`, 
 data+metadata, `xarray:open_datatree_kwargs`), `product_metadata` its `.zmetadata`, and the
 band/dataset assets are paths inside the store (`<store>/measurements/reflectance/r10m/b02`).
 Here every href inside the store is re-rooted on `zarr_href`; geometry, bbox, datetimes and
-the projection/satellite/processing properties come from the product's `stac_discovery`.
+the projection/satellite/processing/cover properties come from the product's `stac_discovery`
+(for a synthetic product, its cloud and snow cover are its own scene's, see scene.py).
 """
 
 from __future__ import annotations
