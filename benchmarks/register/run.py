@@ -18,13 +18,47 @@ from pathlib import Path
 
 import httpx
 
-from geozarr_pipeline.catalog.local_api import reap
+from geozarr_pipeline.catalog.local_api import running_api
 from geozarr_pipeline.config import Settings
 from geozarr_pipeline.events import ConvertDone
 from geozarr_pipeline.local.processes import LOOPBACK, ManagedProcess, free_port, http_ready
-from geozarr_pipeline.sample.build import write_sample
+from geozarr_pipeline.sample.build import Sample, write_sample
 from geozarr_pipeline.sample.layout import item_url, product_url
 from geozarr_pipeline.stages import register
+
+
+def _time_runs(
+    api_url: str, sample_url: str, sample: Sample, store: Path, runs: int
+) -> tuple[float, list[float]]:
+    """Seconds of the first run (creates collection and item) and of each later upsert."""
+    source = item_url(sample_url, sample.collection, sample.item_id)
+    event = ConvertDone(
+        item_id=sample.item_id,
+        collection=sample.collection,
+        source_url=source,
+        source_item_url=source,
+        zarr_url=product_url(sample_url, sample.item_id),
+        output_url=str(store),
+    )
+    settings = Settings(
+        catalog_backend="stac-api",
+        stac_api_url=api_url,
+        output_root=str(store.parent),
+        register_mode="upsert",
+    )
+    first = time.perf_counter()
+    register.run(event, settings)
+    cold = time.perf_counter() - first
+    times: list[float] = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        register.run(event, settings)
+        times.append(time.perf_counter() - started)
+    with httpx.Client() as client:
+        client.get(
+            f"{api_url}/collections/{sample.collection}/items/{sample.item_id}"
+        ).raise_for_status()
+    return cold, times
 
 
 def main() -> int:
@@ -49,20 +83,7 @@ def main() -> int:
             validate_output=False,
             compression_level=3,
         )
-        api_port, sample_port = free_port(), free_port()
-        api = ManagedProcess(
-            name="stac-api",
-            command=[
-                sys.executable,
-                "-m",
-                "geozarr_pipeline.catalog.local_api",
-                "--port",
-                str(api_port),
-                "--data-dir",
-                str(tmp / "api"),
-            ],
-            log_path=tmp / "api.log",
-        ).start()
+        sample_port = free_port()
         server = ManagedProcess(
             name="sample-server",
             command=[
@@ -79,41 +100,11 @@ def main() -> int:
             log_path=tmp / "sample.log",
         ).start()
         try:
-            api_url = f"http://{LOOPBACK}:{api_port}"
             sample_url = f"http://{LOOPBACK}:{sample_port}"
-            api.wait_ready(http_ready(f"{api_url}/_mgmt/ping"), timeout=120)
             server.wait_ready(http_ready(f"{sample_url}/healthz"), timeout=60)
-            source = item_url(sample_url, sample.collection, sample.item_id)
-            event = ConvertDone(
-                item_id=sample.item_id,
-                collection=sample.collection,
-                source_url=source,
-                source_item_url=source,
-                zarr_url=product_url(sample_url, sample.item_id),
-                output_url=str(store),
-            )
-            settings = Settings(
-                catalog_backend="stac-api",
-                stac_api_url=api_url,
-                output_root=str(store.parent),
-                register_mode="upsert",
-            )
-            times: list[float] = []
-            first = time.perf_counter()
-            register.run(event, settings)  # creates the collection and the item
-            cold = time.perf_counter() - first
-            for _ in range(args.runs):
-                started = time.perf_counter()
-                register.run(event, settings)
-                times.append(time.perf_counter() - started)
-            with httpx.Client() as client:
-                stored = client.get(
-                    f"{api_url}/collections/{sample.collection}/items/{sample.item_id}"
-                )
-                stored.raise_for_status()
+            with running_api(tmp / "api", tmp / "api.log") as api_url:
+                cold, times = _time_runs(api_url, sample_url, sample, store, args.runs)
         finally:
-            api.stop(grace=30)
-            reap(tmp / "api")
             server.stop()
     times.sort()
     print(f"register.run against the local STAC API, {args.runs} runs (upsert of an existing item)")

@@ -18,11 +18,17 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from geozarr_pipeline.local.processes import LOOPBACK, ManagedProcess, free_port, tcp_ready
+from geozarr_pipeline.local.processes import (
+    LOOPBACK,
+    ManagedProcess,
+    free_port,
+    http_ready,
+    tcp_ready,
+)
 
 PG_USER = "postgres"
 PG_PASSWORD = "postgres"  # noqa: S105 - loopback-only throwaway server with trust auth
@@ -208,6 +214,35 @@ def serve(host: str, port: int, data_dir: Path) -> int:
     finally:
         postgres.stop()
     return 0
+
+
+@contextlib.contextmanager
+def running_api(data_dir: Path, log_path: Path, timeout: float = 120) -> Iterator[str]:
+    """This module as a server process on a free loopback port: yields its URL once ready,
+    then stops it by PID and reaps its database."""
+    port = free_port()
+    process = ManagedProcess(
+        name="stac-api",
+        command=[
+            sys.executable,
+            "-m",
+            "geozarr_pipeline.catalog.local_api",
+            "--host",
+            LOOPBACK,
+            "--port",
+            str(port),
+            "--data-dir",
+            str(data_dir),
+        ],
+        log_path=log_path,
+    ).start()
+    url = f"http://{LOOPBACK}:{port}"
+    try:
+        process.wait_ready(http_ready(f"{url}/_mgmt/ping"), timeout=timeout)
+        yield url
+    finally:
+        process.stop(grace=30)
+        reap(data_dir)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
