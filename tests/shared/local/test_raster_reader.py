@@ -18,7 +18,7 @@ from geozarr_pipeline.local.geozarr_reader import (
     TtlCache,
     VariableRef,
 )
-from geozarr_pipeline.local.raster import default_variables, store_url_for
+from geozarr_pipeline.local.raster import default_variables, horizontal_bbox, store_url_for
 from geozarr_pipeline.stac.hrefs import public_href, storage_href, store_href
 from tests.fixtures.stac_api import ConvertedStore
 
@@ -150,3 +150,9 @@ def test_a_missing_store_or_group_is_not_found(source: ItemSource, tmp_path: Pat
         opener.dataset(str(tmp_path / "gone.zarr"), "/measurements/reflectance/r10m")
     with pytest.raises(SourceNotFound, match="no group"):
         opener.dataset(source.store_url, "/measurements/reflectance/r5m")
+
+
+def test_wmts_bbox_is_horizontal_for_2d_and_3d_bboxes() -> None:
+    assert horizontal_bbox([1.0, 2.0, 3.0, 4.0]) == [1.0, 2.0, 3.0, 4.0]
+    assert horizontal_bbox([1.0, 2.0, -5.0, 3.0, 4.0, 100.0]) == [1.0, 2.0, 3.0, 4.0]
+    assert horizontal_bbox(None) == [-180.0, -85.0511, 180.0, 85.0511]

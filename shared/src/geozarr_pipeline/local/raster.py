@@ -190,6 +190,15 @@ def _wmts_layers(
     return layers
 
 
+def horizontal_bbox(bbox: Any) -> list[float]:
+    """West, south, east, north of a 2D or 3D STAC bbox; the Web Mercator world without one."""
+    if isinstance(bbox, list) and len(bbox) == 6:
+        return [bbox[0], bbox[1], bbox[3], bbox[4]]
+    if isinstance(bbox, list) and len(bbox) == 4:
+        return list(bbox)
+    return [-180.0, -85.0511, 180.0, 85.0511]
+
+
 def wmts_capabilities(
     tms: morecantile.TileMatrixSet,
     tiles_root: str,
@@ -339,11 +348,11 @@ def create_app(settings: Settings, catalog: Catalog | None = None) -> FastAPI:
         tms = tile_matrix_set(tileMatrixSetId)
         item = resolver.item(collection_id, item_id)
         query = _query_without(request, {"tile_format"})
-        bbox = item.get("bbox") or [-180.0, -85.0511, 180.0, 85.0511]
+        bbox = horizontal_bbox(item.get("bbox"))
         body = wmts_capabilities(
             tms,
             _item_root(request, collection_id, item_id),
-            bbox[:4],
+            bbox,
             _wmts_layers(item, query),
             tile_format.value if tile_format else "png",
         )
