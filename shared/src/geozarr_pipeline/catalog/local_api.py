@@ -91,27 +91,35 @@ class LocalPostgres:
         # is private to root, and socket paths are limited to ~100 characters).
         self.cluster_dir = Path(tempfile.mkdtemp(prefix="geozarr-pg-"))
         (self.data_dir / CLUSTER_POINTER).write_text(str(self.cluster_dir))
-        _chown_to_postgres(self.cluster_dir)
-        pgdata = self.cluster_dir / "pgdata"
-        sockets = self.cluster_dir / "sockets"
+        try:
+            self._start_cluster(bin_dir, self.cluster_dir)
+            self.migrate()
+        except BaseException:
+            self.stop()  # never leave a half-started server or its cluster behind
+            raise
+        return self
+
+    def _start_cluster(self, bin_dir: Path, cluster_dir: Path) -> None:
+        _chown_to_postgres(cluster_dir)
+        pgdata = cluster_dir / "pgdata"
+        sockets = cluster_dir / "sockets"
         for path in (pgdata, sockets):
-            path.mkdir(exist_ok=True)
+            path.mkdir()
             _chown_to_postgres(path)
-        if not (pgdata / "PG_VERSION").exists():
-            result = subprocess.run(
-                _as_postgres(
-                    [
-                        str(bin_dir / "initdb"),
-                        *("-D", str(pgdata), "-A", "trust", "-U", PG_USER),
-                        *("--no-sync", "-E", "UTF8"),
-                    ]
-                ),
-                capture_output=True,
-                text=True,
-                check=False,
-            )
-            if result.returncode != 0:
-                raise RuntimeError(f"initdb failed:\n{result.stdout}\n{result.stderr}")
+        result = subprocess.run(
+            _as_postgres(
+                [
+                    str(bin_dir / "initdb"),
+                    *("-D", str(pgdata), "-A", "trust", "-U", PG_USER),
+                    *("--no-sync", "-E", "UTF8"),
+                ]
+            ),
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"initdb failed:\n{result.stdout}\n{result.stderr}")
         self.process = ManagedProcess(
             name="postgres",
             command=_as_postgres(
@@ -136,8 +144,6 @@ class LocalPostgres:
             log_path=self.data_dir / "postgres.log",
         ).start()
         self.process.wait_ready(tcp_ready(self.port), timeout=60)
-        self.migrate()
-        return self
 
     def migrate(self) -> None:
         pypgstac = shutil.which("pypgstac") or str(Path(sys.executable).parent / "pypgstac")
