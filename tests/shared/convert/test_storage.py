@@ -122,3 +122,19 @@ def test_s3_staged_publish_uploads_and_clear_removes(
     assert location.read_marker() == {"format": storage.MARKER_FORMAT, "done": {"x": 1}}
     location.clear()
     assert s3_server.keys(s3_bucket) == []
+
+
+def test_s3_location_closes_its_client_on_exit(
+    tmp_path: Path, s3_server: S3Server, s3_bucket: str
+) -> None:
+    settings = s3_settings(tmp_path, s3_server, s3_bucket)
+    with storage.output_for(settings, "c", "item") as location:
+        assert isinstance(location, storage.S3Output)
+        assert not location.store_exists()
+        client = location._client
+        assert client is not None
+    assert location._client is None
+    # A closed location opens a new client if it is used again.
+    assert not location.store_exists()
+    assert location._client is not client
+    location.close()

@@ -114,6 +114,16 @@ class OutputLocation(ABC):
     def acquire(self, lease_seconds: float) -> Lease:
         """Take the lease or raise InProgress."""
 
+    @abstractmethod
+    def close(self) -> None:
+        """Release the connections this location opened (after its lease is released)."""
+
+    def __enter__(self) -> OutputLocation:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
 
 class _FileLease(Lease):
     def __init__(self, fd: int) -> None:
@@ -189,6 +199,9 @@ class LocalOutput(OutputLocation):
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, self.marker)
+
+    def close(self) -> None:
+        """Nothing to release: the lease closes its own lock file."""
 
     def acquire(self, lease_seconds: float) -> Lease:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -459,6 +472,11 @@ class S3Output(OutputLocation):
             Body=body,
             ContentType="application/json",
         )
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
 
     def acquire(self, lease_seconds: float) -> Lease:
         from botocore.exceptions import BotoCoreError

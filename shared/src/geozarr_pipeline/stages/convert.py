@@ -39,24 +39,24 @@ def finished(location: storage.OutputLocation) -> ConvertDone | None:
 def run(event: ConvertRequested, settings: Settings) -> ConvertDone:
     item_id = event.resolved_item_id
     progress = Progress(item_id, event.collection)
-    location = storage.output_for(settings, event.collection, item_id)
-    done = _already_done(event, location, progress)
-    if done is not None:
-        return done
-    options = engine.EffectiveOptions.resolve(event.options, settings)
-    source = sources.resolve_source(event.source_url, settings)
-    metadata = sources.read_root_metadata(source.zarr_url, settings)
-    sources.check_sentinel2_metadata(metadata, source.zarr_url)
-    progress.step("resolved", zarr_url=source.zarr_url, options=options.as_dict())
-    lease = location.acquire(settings.convert_lease_seconds)
-    try:
-        # Checked again under the lease: another delivery may have finished meanwhile.
+    with storage.output_for(settings, event.collection, item_id) as location:
         done = _already_done(event, location, progress)
         if done is not None:
             return done
-        return _convert(event, settings, source, options, location, lease, progress)
-    finally:
-        lease.release()
+        options = engine.EffectiveOptions.resolve(event.options, settings)
+        source = sources.resolve_source(event.source_url, settings)
+        metadata = sources.read_root_metadata(source.zarr_url, settings)
+        sources.check_sentinel2_metadata(metadata, source.zarr_url)
+        progress.step("resolved", zarr_url=source.zarr_url, options=options.as_dict())
+        lease = location.acquire(settings.convert_lease_seconds)
+        try:
+            # Checked again under the lease: another delivery may have finished meanwhile.
+            done = _already_done(event, location, progress)
+            if done is not None:
+                return done
+            return _convert(event, settings, source, options, location, lease, progress)
+        finally:
+            lease.release()
 
 
 def _already_done(
