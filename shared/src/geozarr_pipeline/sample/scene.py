@@ -160,8 +160,10 @@ class Scene:
         return Strip(self, np.asarray(u, dtype=np.float64), np.asarray(v, dtype=np.float64))
 
     def cover(self, pixels: int = COVER_GRID) -> tuple[float, float]:
-        """(cloud, snow) percent of the scene's classification, on a grid of this many pixels
-        a side: the same figures, within a fraction of a percent, at every resolution."""
+        """(cloud, snow) percent of the scene's classification on a `pixels`^2 grid.
+
+        The written SCL rasters of any resolution agree within a fraction of a percent.
+        """
         centres = (np.arange(pixels) + 0.5) / pixels
         return cover_percent(self.strip(centres, centres).scl())
 
