@@ -202,24 +202,25 @@ def measure(name: str, product: Path, work: Path) -> dict[str, Any]:
     target = root if CONFIGS[name]["kind"] == "stage" else root / "store.zarr"
     result_file = work / f"result-{name}.json"
     load_before = os.getloadavg()[0]
-    child = subprocess.Popen(
-        [
-            sys.executable,
-            __file__,
-            "--child",
-            name,
-            "--product",
-            str(product),
-            "--work",
-            str(work),
-            "--output",
-            str(target),
-            "--result-file",
-            str(result_file),
-        ],
-        stderr=(work / f"log-{name}.txt").open("w"),
-    )
-    _, status, usage = os.wait4(child.pid, 0)
+    with (work / f"log-{name}.txt").open("w") as log:
+        child = subprocess.Popen(
+            [
+                sys.executable,
+                __file__,
+                "--child",
+                name,
+                "--product",
+                str(product),
+                "--work",
+                str(work),
+                "--output",
+                str(target),
+                "--result-file",
+                str(result_file),
+            ],
+            stderr=log,
+        )
+        _, status, usage = os.wait4(child.pid, 0)
     if status != 0:
         raise SystemExit(f"{name} failed (status {status}); see {work}/log-{name}.txt")
     result: dict[str, Any] = json.loads(result_file.read_text())
