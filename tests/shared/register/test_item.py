@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from geozarr_pipeline.config import Settings
-from geozarr_pipeline.errors import OutputCheckFailed
+from geozarr_pipeline.errors import OutputCheckFailed, RateLimited, TransientError
 from geozarr_pipeline.events import ConvertDone
 from geozarr_pipeline.stac.hrefs import asset_hrefs
 from geozarr_pipeline.stac.item import item_bbox
@@ -206,3 +206,18 @@ def test_a_metadata_document_that_is_not_json_is_an_output_error(tmp_path: Path)
         for reader in (LocalReader(tmp_path), HttpReader("http://store.invalid/x.zarr", client)):
             with pytest.raises(OutputCheckFailed, match="not valid JSON"):
                 reader.read_json("zarr.json")
+
+
+@pytest.mark.parametrize(("status", "error"), [(408, TransientError), (429, RateLimited)])
+def test_source_and_store_reads_retry_timeouts_and_rate_limits(
+    status: int, error: type[Exception]
+) -> None:
+    from geozarr_pipeline.stac.source import fetch_source_item
+    from geozarr_pipeline.stac.store import HttpReader
+
+    transport = httpx.MockTransport(lambda _r: httpx.Response(status))
+    with httpx.Client(transport=transport) as client:
+        with pytest.raises(error):
+            fetch_source_item("http://source.invalid/item", client)
+        with pytest.raises(error):
+            HttpReader("http://store.invalid/x.zarr", client).read_json("zarr.json")

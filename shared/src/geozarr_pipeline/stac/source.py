@@ -11,7 +11,8 @@ from geozarr_pipeline.stac.store import StoreReader
 
 
 def fetch_source_item(url: str, client: httpx.Client) -> dict[str, Any]:
-    """GET a STAC item; 404/410 is a permanent SourceNotFound, 5xx and network errors transient."""
+    """GET a STAC item; 404/410 is a permanent SourceNotFound; 408, 429, 5xx and network
+    errors are transient."""
     try:
         response = client.get(url, headers={"Accept": "application/geo+json, application/json"})
     except httpx.HTTPError as exc:
@@ -20,7 +21,7 @@ def fetch_source_item(url: str, client: httpx.Client) -> dict[str, Any]:
         raise SourceNotFound(f"source item {url} does not exist ({response.status_code})")
     if response.status_code == 429:
         raise RateLimited(f"source item {url}: rate limited")
-    if response.status_code >= 500:
+    if response.status_code >= 500 or response.status_code == 408:
         raise TransientError(f"source item {url} answered {response.status_code}")
     if response.status_code >= 400:
         raise InvalidInput(f"source item {url} answered {response.status_code}")

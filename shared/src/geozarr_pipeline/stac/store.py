@@ -17,7 +17,7 @@ from urllib.parse import unquote, urlparse
 import httpx
 
 from geozarr_pipeline.config import Settings
-from geozarr_pipeline.errors import InvalidInput, OutputCheckFailed, TransientError
+from geozarr_pipeline.errors import InvalidInput, OutputCheckFailed, RateLimited, TransientError
 
 ZARR_JSON = "zarr.json"
 
@@ -133,7 +133,9 @@ class HttpReader:
             raise TransientError(f"cannot read {url}: {exc}") from exc
         if response.status_code in (403, 404):
             return None
-        if response.status_code >= 500 or response.status_code == 429:
+        if response.status_code == 429:
+            raise RateLimited(f"{url}: rate limited")
+        if response.status_code >= 500 or response.status_code == 408:
             raise TransientError(f"{url} answered {response.status_code}")
         if response.status_code >= 400:
             raise InvalidInput(f"{url} answered {response.status_code}")
