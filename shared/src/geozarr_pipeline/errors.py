@@ -19,7 +19,7 @@ class PipelineError(Exception):
 
     @property
     def retryable(self) -> bool:
-        return status_code_for(self) in RETRYABLE_STATUS_CODES
+        return is_retryable_status(status_code_for(self))
 
     def to_body(self) -> dict[str, Any]:
         body: dict[str, Any] = {"error": ERROR_NAMES[type(self)], "message": self.message}
