@@ -72,6 +72,10 @@ def test_local_mode_allows_file_http_and_loopback() -> None:
     )
 
 
+def test_s3_bucket_is_a_name_not_a_host_to_resolve() -> None:
+    sources.check_url("s3://no-such-host.invalid/x.zarr", strict())
+
+
 def test_host_allow_list() -> None:
     settings = Settings(allowed_hosts=["*.eodc.eu", "stac.example.org"], allow_private_hosts=True)
     sources.check_url("https://objects.eodc.eu/bucket/x.zarr", settings)

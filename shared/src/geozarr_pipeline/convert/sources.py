@@ -28,7 +28,6 @@ from geozarr_pipeline.errors import (
     UnsupportedProduct,
 )
 
-ZARR_MEDIA_MARKERS = ("zarr",)
 SENTINEL2_PRODUCT_TYPES = frozenset({"S02MSIL1C", "S02MSIL2A"})
 ALWAYS_ALLOWED_SCHEMES = frozenset({"https", "s3"})
 
@@ -66,12 +65,9 @@ def check_url(url: str, settings: Settings, *, what: str = "source URL") -> None
     host = parsed.hostname
     if not host:
         raise InvalidInput(f"{what} {url!r} has no host")
-    if scheme == "s3":
-        # The bucket is a name on the configured endpoint, not a network address.
-        _check_allow_list(host, settings, url, what)
-        return
     _check_allow_list(host, settings, url, what)
-    if not settings.allow_private_hosts:
+    # An s3 bucket is a name on the configured endpoint, not a network address.
+    if scheme != "s3" and not settings.allow_private_hosts:
         _check_public_host(host, parsed.port, url, what)
 
 
@@ -196,10 +192,8 @@ def fetch_item(url: str, settings: Settings, client: httpx.Client) -> dict[str, 
 
 
 def _is_zarr_asset(asset: dict[str, Any]) -> bool:
-    media = str(asset.get("type", "")).lower()
-    return any(marker in media for marker in ZARR_MEDIA_MARKERS) or ".zarr" in str(
-        asset.get("href", "")
-    )
+    """Typed `application/vnd.zarr` or `application/vnd+zarr`, or an href into a store."""
+    return "zarr" in str(asset.get("type", "")).lower() or ".zarr" in str(asset.get("href", ""))
 
 
 def zarr_root_of(href: str) -> str | None:
