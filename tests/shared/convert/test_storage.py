@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from geozarr_pipeline.convert import storage
-from geozarr_pipeline.errors import InProgress, InvalidInput
+from geozarr_pipeline.errors import InProgress, InvalidInput, TransientError
 from tests.fixtures.s3 import S3Server
 from tests.shared.convert.conftest import local_settings, s3_settings
 
@@ -138,3 +139,21 @@ def test_s3_location_closes_its_client_on_exit(
     assert not location.store_exists()
     assert location._client is not client
     location.close()
+
+
+def test_s3_clear_is_transient_when_a_leftover_stays(
+    tmp_path: Path, s3_server: S3Server, s3_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = "geozarr/c/item.zarr/b/c/0"
+    s3_server.client().put_object(Bucket=s3_bucket, Key=key, Body=b"stale")
+    with storage.output_for(s3_settings(tmp_path, s3_server, s3_bucket), "c", "item") as location:
+        assert isinstance(location, storage.S3Output)
+
+        def refusing(**kwargs: Any) -> dict[str, Any]:
+            # What S3 answers when some keys of a batch delete fail (moto never does).
+            return {"Errors": [{"Key": key, "Code": "InternalError", "Message": "try again"}]}
+
+        monkeypatch.setattr(location.client, "delete_objects", refusing)
+        with pytest.raises(TransientError, match="could not delete 1 leftover"):
+            location.clear()
+    assert s3_server.keys(s3_bucket) == [key]

@@ -419,12 +419,20 @@ class S3Output(OutputLocation):
         try:
             for page in paginator.paginate(Bucket=self.bucket, Prefix=f"{self.key}/"):
                 keys = [{"Key": obj["Key"]} for obj in page.get("Contents", [])]
-                if keys:
-                    self._call(
-                        "store delete",
-                        self.client.delete_objects,
-                        Bucket=self.bucket,
-                        Delete={"Objects": keys, "Quiet": True},
+                if not keys:
+                    continue
+                reply = self._call(
+                    "store delete",
+                    self.client.delete_objects,
+                    Bucket=self.bucket,
+                    Delete={"Objects": keys, "Quiet": True},
+                )
+                # A leftover chunk would be read back as part of the next store.
+                if reply and reply.get("Errors"):
+                    failed = reply["Errors"]
+                    raise TransientError(
+                        f"S3 could not delete {len(failed)} leftover objects under "
+                        f"s3://{self.bucket}/{self.key}/, e.g. {failed[0]}"
                     )
         except BotoCoreError as exc:
             raise TransientError(f"S3 listing failed: {exc}") from exc
