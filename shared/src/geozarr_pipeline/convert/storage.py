@@ -229,7 +229,12 @@ def s3_client(settings: Settings) -> S3Client:
         region_name=settings.s3_region or "us-east-1",
         aws_access_key_id=settings.s3_access_key_id,
         aws_secret_access_key=secret.get_secret_value() if secret else None,
-        config=Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=10),
+        config=Config(
+            retries={"max_attempts": 3, "mode": "standard"},
+            connect_timeout=10,
+            # One connection per upload thread (botocore keeps 10 and drops the rest).
+            max_pool_connections=UPLOAD_THREADS,
+        ),
     )
     return client
 
