@@ -169,6 +169,7 @@ def test_bearer_token(stac_api: StacApiInfo, caplog: pytest.LogCaptureFixture) -
         collection = _collection()
         with pytest.raises(UpstreamRejected):
             _catalog(proxy.url).put_item(_item(collection, "h"), "create-or-skip")
+        assert [status for _m, _p, status in proxy.seen] == [401], "a static token is not resent"
         caplog.set_level(logging.DEBUG)
         _catalog(proxy.url, stac_api_token=token).put_item(_item(collection, "h"), "upsert")
         assert httpx.get(f"{stac_api.url}/collections/{collection}/items/h").status_code == 200

@@ -23,16 +23,16 @@ class Auth(Protocol):
     def headers(self) -> dict[str, str]:
         """Authorization headers for the next request."""
 
-    def invalidate(self) -> None:
-        """Forget a cached token the API refused."""
+    def invalidate(self) -> bool:
+        """Forget a cached token the API refused; True if the next request gets a new one."""
 
 
 class NoAuth:
     def headers(self) -> dict[str, str]:
         return {}
 
-    def invalidate(self) -> None:
-        return None
+    def invalidate(self) -> bool:
+        return False
 
 
 @dataclass
@@ -42,8 +42,8 @@ class BearerToken:
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"}
 
-    def invalidate(self) -> None:
-        return None
+    def invalidate(self) -> bool:
+        return False
 
 
 @dataclass
@@ -64,9 +64,10 @@ class OidcClientCredentials:
                 self._fetch()
             return {"Authorization": f"Bearer {self._token}"}
 
-    def invalidate(self) -> None:
+    def invalidate(self) -> bool:
         with self._lock:
             self._token = None
+        return True
 
     def _fetch(self) -> None:
         data = {"grant_type": "client_credentials"}

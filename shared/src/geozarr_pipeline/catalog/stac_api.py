@@ -114,9 +114,9 @@ class StacApiCatalog:
                 failure = f"{type(exc).__name__}"
             else:
                 if response.status_code == 401 and not refreshed:
-                    self.auth.invalidate()
                     refreshed = True
-                    continue
+                    if self.auth.invalidate():
+                        continue  # once, with a fresh token
                 if response.status_code not in TRANSIENT_STATUS:
                     return response
                 failure = f"HTTP {response.status_code}"
