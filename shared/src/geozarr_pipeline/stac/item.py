@@ -189,7 +189,7 @@ def auxiliary_assets(
 
     Each layer is taken at its finest resolution; groups inside the pyramid are skipped.
     """
-    chosen: dict[str, tuple[float, str, dict[str, Any]]] = {}
+    chosen: dict[str, tuple[float, str, str, dict[str, Any]]] = {}
     for group in tree.groups():
         if not group.path or group.path.startswith(skip_prefix):
             continue
@@ -221,12 +221,8 @@ def auxiliary_assets(
             long_name = array.attributes.get("long_name")
             if "description" not in asset and isinstance(long_name, str):
                 asset["description"] = long_name
-            chosen[layer.key] = (grid.resolution, array.path, {"_key": key, **asset})
-    result: dict[str, tuple[str, dict[str, Any]]] = {}
-    for _resolution, path, asset in chosen.values():
-        key = asset.pop("_key")
-        result[key] = (path, asset)
-    return result
+            chosen[layer.key] = (grid.resolution, key, array.path, asset)
+    return {key: (path, asset) for _resolution, key, path, asset in chosen.values()}
 
 
 def find_pyramid(tree: StoreTree) -> ZarrNode:
