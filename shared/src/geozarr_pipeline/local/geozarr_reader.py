@@ -226,8 +226,9 @@ class GeoZarrReader(BaseReader):
 
     def _pick(self, ref: VariableRef, target_resolution: float) -> xarray.DataArray:
         """The coarsest level whose pixels are no larger than the output's."""
-        chosen = self.levels(ref)[0][1]
-        for resolution, group in self.levels(ref):
+        levels = self.levels(ref)
+        chosen = levels[0][1]
+        for resolution, group in levels:
             if resolution <= target_resolution * 1.01:
                 chosen = group
         return self._array(chosen, ref.variable)
