@@ -221,3 +221,11 @@ def test_source_and_store_reads_retry_timeouts_and_rate_limits(
             fetch_source_item("http://source.invalid/item", client)
         with pytest.raises(error):
             HttpReader("http://store.invalid/x.zarr", client).read_json("zarr.json")
+
+
+def test_a_file_url_store_is_written_as_its_local_path(tmp_path: Path) -> None:
+    from geozarr_pipeline.stac.hrefs import store_href
+
+    folder = tmp_path / "with space" / "X.zarr"
+    assert store_href(folder.as_uri()) == str(folder.resolve())
+    assert store_href(str(folder)) == str(folder.resolve())

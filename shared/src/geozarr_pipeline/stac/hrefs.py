@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 from geozarr_pipeline.config import Settings
 
@@ -14,7 +14,7 @@ ALTERNATE_ASSETS_EXTENSION = "https://stac-extensions.github.io/alternate-assets
 def _normalise(url: str) -> str:
     parsed = urlparse(url)
     if parsed.scheme in ("", "file"):
-        return str(Path(parsed.path if parsed.scheme else url).resolve())
+        return str(Path(unquote(parsed.path) if parsed.scheme else url).resolve())
     return url.rstrip("/")
 
 
