@@ -156,3 +156,29 @@ def test_wmts_bbox_is_horizontal_for_2d_and_3d_bboxes() -> None:
     assert horizontal_bbox([1.0, 2.0, 3.0, 4.0]) == [1.0, 2.0, 3.0, 4.0]
     assert horizontal_bbox([1.0, 2.0, -5.0, 3.0, 4.0, 100.0]) == [1.0, 2.0, 3.0, 4.0]
     assert horizontal_bbox(None) == [-180.0, -85.0511, 180.0, 85.0511]
+
+
+def test_an_item_whose_store_is_gone_is_404(tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from geozarr_pipeline.catalog.static import StaticCatalog
+    from geozarr_pipeline.local.raster import create_app
+
+    catalog = StaticCatalog(tmp_path / "catalog")
+    gone = tmp_path / "gone" / "X.zarr"
+    item = {
+        "type": "Feature",
+        "stac_version": "1.1.0",
+        "id": "X",
+        "collection": "c",
+        "geometry": None,
+        "properties": {"datetime": "2025-01-01T00:00:00Z"},
+        "links": [],
+        "assets": {"product": {"href": str(gone)}},
+    }
+    catalog.put_item(item, "replace")
+    client = TestClient(create_app(Settings(), catalog=catalog))
+    query = "&".join(f"variables={v}" for v in TRUE_COLOR)
+    response = client.get(f"/collections/c/items/X/tiles/WebMercatorQuad/10/500/300.png?{query}")
+    assert response.status_code == 404, response.text
+    assert "no store" in response.text
