@@ -89,6 +89,9 @@ class StoreReader(Protocol):
     def list_children(self, path: str) -> list[str]:
         """Names of the sub-folders of `path`."""
 
+    def close(self) -> None:
+        """Release what the reader opened (its S3 client); the HTTP client is the caller's."""
+
 
 def _document(raw: str | bytes, where: str) -> dict[str, Any] | None:
     """A metadata document parsed; one that is not JSON is a permanent output error."""
@@ -116,6 +119,9 @@ class LocalReader:
         if not folder.is_dir():
             return []
         return sorted(p.name for p in folder.iterdir() if p.is_dir())
+
+    def close(self) -> None:
+        return None
 
 
 class HttpReader:
@@ -146,6 +152,9 @@ class HttpReader:
             f"{self.base_url} has no consolidated metadata and HTTP cannot list; "
             "read the store from S3 or the filesystem instead"
         )
+
+    def close(self) -> None:
+        return None
 
 
 class S3Reader:
@@ -191,6 +200,9 @@ class S3Reader:
             for common in page.get("CommonPrefixes", []):
                 names.append(common["Prefix"][len(prefix) :].rstrip("/"))
         return sorted(names)
+
+    def close(self) -> None:
+        self.client.close()
 
 
 def open_reader(url: str, settings: Settings, client: httpx.Client) -> StoreReader:

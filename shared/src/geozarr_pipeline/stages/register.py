@@ -34,27 +34,26 @@ def build_registered_item(
     if event.source_item_url:
         source_item = fetch_source_item(event.source_item_url, client)
     else:
-        source_item = item_from_product(
-            open_reader(event.zarr_url, settings, client), event.zarr_url
-        )
+        with contextlib.closing(open_reader(event.zarr_url, settings, client)) as product:
+            source_item = item_from_product(product, event.zarr_url)
     store_url = store_href(event.output_url)
-    reader = open_reader(store_url, settings, client)
-    tree = read_store(store_url, reader)
-    item, node_paths = build_item(
-        item_id=event.item_id,
-        collection=event.collection,
-        source_item=source_item,
-        source_link=derived_from_link(event.source_item_url, event.zarr_url),
-        store_url=store_url,
-        tree=tree,
-        settings=settings,
-    )
-    item["links"].append({"rel": "collection", "href": collection_url, "type": "application/json"})
-    missing = [key for key, path in node_paths.items() if not node_exists(reader, path)]
+    with contextlib.closing(open_reader(store_url, settings, client)) as reader:
+        tree = read_store(store_url, reader)
+        item, node_paths = build_item(
+            item_id=event.item_id,
+            collection=event.collection,
+            source_item=source_item,
+            source_link=derived_from_link(event.source_item_url, event.zarr_url),
+            store_url=store_url,
+            tree=tree,
+            settings=settings,
+        )
+        missing = [key for key, path in node_paths.items() if not node_exists(reader, path)]
     if missing:
         raise OutputCheckFailed(
             f"assets {', '.join(sorted(missing))} point at nodes missing from {store_url}"
         )
+    item["links"].append({"rel": "collection", "href": collection_url, "type": "application/json"})
     validate_item(item)
     return item
 
