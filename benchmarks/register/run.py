@@ -45,6 +45,8 @@ def _time_runs(
         stac_api_url=api_url,
         output_root=str(store.parent),
         register_mode="upsert",
+        allow_plain_http=True,
+        allow_private_hosts=True,
     )
     first = time.perf_counter()
     register.run(event, settings)

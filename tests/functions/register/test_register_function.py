@@ -12,6 +12,7 @@ import pytest
 
 from geozarr_pipeline.local.processes import LOOPBACK, ManagedProcess, free_port, http_ready
 from geozarr_pipeline.local.stack import function_command
+from tests.fixtures.sample import LOCAL_SOURCES_ENV
 from tests.fixtures.stac_api import ConvertedStore, FaultProxy, StacApiInfo
 
 
@@ -48,6 +49,7 @@ def register_function(
             "GEOZARR_STAC_API_BACKOFF_SECONDS": "0.01",
             "GEOZARR_OUTPUT_ROOT": str(converted_l2a.path.parent),
             "GEOZARR_REGISTER_MODE": "upsert",
+            **LOCAL_SOURCES_ENV,
         },
     )
     try:
@@ -142,6 +144,7 @@ def test_static_catalog_backend(
             "GEOZARR_CATALOG_BACKEND": "static",
             "GEOZARR_CATALOG_ROOT": str(catalog_root),
             "GEOZARR_OUTPUT_ROOT": str(converted_l2a.path.parent),
+            **LOCAL_SOURCES_ENV,
         },
     )
     try:

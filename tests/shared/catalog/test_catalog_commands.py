@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from geozarr_pipeline.cli import main
+from tests.fixtures.sample import LOCAL_SOURCES_ENV
 from tests.fixtures.stac_api import ConvertedStore
 
 
@@ -20,6 +21,8 @@ def test_register_store_then_show_item(
     monkeypatch.setenv("GEOZARR_CATALOG_BACKEND", "static")
     monkeypatch.setenv("GEOZARR_CATALOG_ROOT", str(tmp_path / "catalog"))
     monkeypatch.setenv("GEOZARR_OUTPUT_ROOT", str(converted_l2a.path.parent))
+    for name, value in LOCAL_SOURCES_ENV.items():
+        monkeypatch.setenv(name, value)
     code = main(
         [
             "register-store",

@@ -18,6 +18,7 @@ from geozarr_pipeline.catalog.stac_api import StacApiCatalog
 from geozarr_pipeline.config import Settings
 from geozarr_pipeline.errors import TransientError, UpstreamRejected, status_code_for
 from geozarr_pipeline.local.processes import LOOPBACK, free_port
+from tests.fixtures.sample import LOCAL_SOURCES
 from tests.fixtures.stac_api import FaultProxy, StacApiInfo
 
 
@@ -347,7 +348,7 @@ def test_static_and_api_store_the_same_item(
         zarr_url=converted_l2a.zarr_url,
         output_url=str(converted_l2a.path),
     )
-    settings = Settings(output_root=str(converted_l2a.path.parent))
+    settings = Settings(output_root=str(converted_l2a.path.parent), **LOCAL_SOURCES)
     api = _catalog(stac_api.url)
     static = StaticCatalog(tmp_path)
     register.run(event, settings, catalog=api)

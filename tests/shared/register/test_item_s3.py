@@ -13,6 +13,7 @@ from geozarr_pipeline.events import ConvertDone
 from geozarr_pipeline.stac.validate import validation_errors
 from geozarr_pipeline.stages.register import build_registered_item
 from tests.fixtures.s3 import S3Server
+from tests.fixtures.sample import LOCAL_SOURCES
 from tests.fixtures.stac_api import ConvertedStore
 
 PUBLIC = "https://data.example.org/geozarr"
@@ -42,6 +43,7 @@ def test_store_on_s3(
     settings = Settings(
         output_root=f"s3://{s3_bucket}/geozarr",
         public_base_url=PUBLIC,
+        **LOCAL_SOURCES,
         s3_endpoint_url=s3_server.endpoint_url,
         s3_region=s3_server.region,
         s3_access_key_id=s3_server.access_key_id,

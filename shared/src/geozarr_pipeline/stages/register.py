@@ -23,6 +23,7 @@ from geozarr_pipeline.stac.item import build_item
 from geozarr_pipeline.stac.source import derived_from_link, fetch_source_item, item_from_product
 from geozarr_pipeline.stac.store import node_exists, open_reader, read_store
 from geozarr_pipeline.stac.validate import validate_item
+from geozarr_pipeline.urlpolicy import check_url
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +33,10 @@ def build_registered_item(
 ) -> dict[str, Any]:
     """The validated item for a converted store; every asset points at an existing node."""
     if event.source_item_url:
+        check_url(event.source_item_url, settings, what="source item URL")
         source_item = fetch_source_item(event.source_item_url, client)
     else:
+        check_url(event.zarr_url, settings, what="source Zarr URL")
         with contextlib.closing(open_reader(event.zarr_url, settings, client)) as product:
             source_item = item_from_product(product, event.zarr_url)
     store_url = store_href(event.output_url)
