@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,7 +20,13 @@ import httpx
 from geozarr_pipeline.catalog.local_api import running_api
 from geozarr_pipeline.config import Settings
 from geozarr_pipeline.events import ConvertDone
-from geozarr_pipeline.local.processes import LOOPBACK, ManagedProcess, free_port, http_ready
+from geozarr_pipeline.local.processes import (
+    LOOPBACK,
+    ManagedProcess,
+    free_port,
+    http_ready,
+    module_command,
+)
 from geozarr_pipeline.sample.build import Sample, write_sample
 from geozarr_pipeline.sample.layout import item_url, product_url
 from geozarr_pipeline.stages import register
@@ -88,17 +93,9 @@ def main() -> int:
         sample_port = free_port()
         server = ManagedProcess(
             name="sample-server",
-            command=[
-                sys.executable,
-                "-m",
-                "geozarr_pipeline.sample.server",
-                "--host",
-                LOOPBACK,
-                "--port",
-                str(sample_port),
-                "--root",
-                str(tmp / "sample"),
-            ],
+            command=module_command(
+                "geozarr_pipeline.sample.server", sample_port, "--root", str(tmp / "sample")
+            ),
             log_path=tmp / "sample.log",
         ).start()
         try:

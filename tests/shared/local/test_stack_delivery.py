@@ -13,7 +13,7 @@ import httpx
 
 from geozarr_pipeline.events import EventType
 from geozarr_pipeline.local.demo import convert_requested_event
-from geozarr_pipeline.local.processes import ManagedProcess, free_port, http_ready
+from geozarr_pipeline.local.processes import ManagedProcess, free_port, http_ready, module_command
 from geozarr_pipeline.local.routing import load_routes
 from geozarr_pipeline.local.stack import LocalStack
 from geozarr_pipeline.sample.layout import item_url
@@ -51,17 +51,9 @@ def test_transient_source_outage_is_retried_then_succeeds(local_stack: LocalStac
     time.sleep(1.0)
     server = ManagedProcess(
         name="late-samples",
-        command=[
-            sys.executable,
-            "-m",
-            "geozarr_pipeline.sample.server",
-            "--root",
-            str(local_stack.samples_dir),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
+        command=module_command(
+            "geozarr_pipeline.sample.server", port, "--root", str(local_stack.samples_dir)
+        ),
         log_path=local_stack.root / "logs" / "late-samples.log",
     ).start()
     with server:

@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +24,11 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((LOOPBACK, 0))
         return int(sock.getsockname()[1])
+
+
+def module_command(module: str, port: int, *args: str, python: str = sys.executable) -> list[str]:
+    """`python -m module ARGS --host 127.0.0.1 --port PORT`: how every local server starts."""
+    return [python, "-m", module, *args, "--host", LOOPBACK, "--port", str(port)]
 
 
 def http_ready(url: str, timeout: float = 1.0) -> Callable[[], bool]:

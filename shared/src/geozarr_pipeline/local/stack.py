@@ -21,7 +21,13 @@ from cloudevents.http import CloudEvent
 
 from geozarr_pipeline.events import EventType
 from geozarr_pipeline.local.broker import default_manifests, wait_for_event
-from geozarr_pipeline.local.processes import LOOPBACK, ManagedProcess, free_port, http_ready
+from geozarr_pipeline.local.processes import (
+    LOOPBACK,
+    ManagedProcess,
+    free_port,
+    http_ready,
+    module_command,
+)
 
 FUNCTION_SERVICES = {
     "geozarr-convert": "geozarr_convert.main",
@@ -39,19 +45,9 @@ def function_source(module: str) -> Path:
 
 def function_command(module: str, port: int, python: str = sys.executable) -> list[str]:
     """The functions-framework server of one stage entrypoint, as its image runs it."""
-    return [
-        python,
-        "-m",
-        "functions_framework",
-        "--target",
-        "handle",
-        "--source",
-        str(function_source(module)),
-        "--host",
-        LOOPBACK,
-        "--port",
-        str(port),
-    ]
+    source = str(function_source(module))
+    target = ("--target", "handle", "--source", source)
+    return module_command("functions_framework", port, *target, python=python)
 
 
 @dataclass
@@ -126,16 +122,7 @@ class LocalStack:
         env = self.settings_env()
 
         def module_server(module: str, *args: str) -> Callable[[int], list[str]]:
-            return lambda port: [
-                python,
-                "-m",
-                module,
-                *args,
-                "--host",
-                LOOPBACK,
-                "--port",
-                str(port),
-            ]
+            return lambda port: module_command(module, port, *args, python=python)
 
         try:
             self._start("raster", module_server("geozarr_pipeline.local.raster"), "/healthz", env)
