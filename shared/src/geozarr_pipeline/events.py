@@ -20,6 +20,8 @@ class EventType(StrEnum):
     CONVERT_DONE = "eopf.geozarr.convert.done"
     REGISTER_DONE = "eopf.geozarr.register.done"
     AUGMENT_DONE = "eopf.geozarr.augment.done"
+    # The one reply of a stage whose input can never succeed; routed to the failure recorder.
+    FAILED = "eopf.geozarr.failed"
     # What a RabbitmqSource emits for a message published without ce-* headers.
     RABBITMQ_MESSAGE = "dev.knative.rabbitmq.event"
 
