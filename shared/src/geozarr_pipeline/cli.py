@@ -12,7 +12,7 @@ type SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
 # that takes the parsed arguments and returns an exit code.
 COMMAND_MODULES: tuple[str, ...] = (
     "geozarr_pipeline.local.broker",
-    "geozarr_pipeline.local.deadletters",
+    "geozarr_pipeline.failures.commands",
     "geozarr_pipeline.sample.commands",
     "geozarr_pipeline.local.demo",
     "geozarr_pipeline.submit",

@@ -1,16 +1,29 @@
 """CloudEvents over HTTP for the stage functions: parse, validate, run, reply.
 
-A stage answers a successful event with its "done" CloudEvent in the HTTP response (binary
-mode), which the broker publishes; errors become a JSON body with the status code from
-`errors.STATUS_CODES`.
+One outcome per event: a stage answers every CloudEvent it receives with exactly one reply in
+the HTTP response (binary mode), which the broker publishes:
+
+- success: 200 and its "done" event;
+- a permanent failure (invalid data, missing source, unsupported product, ...): 200 and an
+  `eopf.geozarr.failed` event naming the stage, the item, the input event, the problem and
+  carrying the whole input event. eventing-rabbitmq acks and drops every non-retried 4xx
+  (pkg/dispatcher/dispatcher.go getStatus), so a failure must travel as a reply to reach the
+  failure recorder;
+- a transient fault: 5xx / 429 / 409 with a JSON problem body, so the Trigger retries it and
+  dead-letters it to the failure recorder once retries are exhausted.
+
+Only a request that is not a CloudEvent at all (no id/source/type, a structured body that is
+not JSON) is answered 400: it cannot have come through a broker, which refuses it at ingress.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import time
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from cloudevents.conversion import to_binary
@@ -18,12 +31,21 @@ from cloudevents.exceptions import GenericException as CloudEventsError
 from cloudevents.http import CloudEvent, from_http
 from pydantic import ValidationError
 
-from geozarr_pipeline.errors import InvalidEvent, InvalidInput, PipelineError, status_code_for
+from geozarr_pipeline.errors import (
+    InvalidEvent,
+    InvalidInput,
+    PermanentError,
+    PipelineError,
+    status_code_for,
+)
 from geozarr_pipeline.events import (
     INPUT_MODELS,
     EventData,
     EventType,
+    InputReference,
+    Problem,
     Stage,
+    StageFailed,
     reply_id,
     validation_problems,
 )
@@ -59,6 +81,34 @@ def parse_event(headers: Mapping[str, str], body: bytes) -> CloudEvent:
         raise InvalidEvent(f"not a valid CloudEvent: {exc}") from exc
 
 
+def utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def event_as_json(event: CloudEvent) -> dict[str, Any]:
+    """An event as JSON: its attributes and its data (JSON if it is JSON, else text or base64)."""
+    attributes = {k: str(v) for k, v in event.get_attributes().items()}
+    data = event.data
+    if isinstance(data, bytes | bytearray):
+        try:
+            return {"attributes": attributes, "data": json.loads(data)}
+        except ValueError:
+            try:
+                return {"attributes": attributes, "data": bytes(data).decode("utf-8")}
+            except UnicodeDecodeError:
+                encoded = base64.b64encode(bytes(data)).decode("ascii")
+                return {"attributes": attributes, "data_base64": encoded}
+    return {"attributes": attributes, "data": data}
+
+
+def event_from_json(record: Mapping[str, Any]) -> CloudEvent:
+    """The inverse of event_as_json: the event a journal entry or failure record holds."""
+    attributes = dict(record["attributes"])
+    if "data_base64" in record:
+        return CloudEvent(attributes, base64.b64decode(record["data_base64"]))
+    return CloudEvent(attributes, record.get("data"))
+
+
 def event_payload(event: CloudEvent) -> Any:
     """The event data as JSON, whether the SDK decoded it or left bytes/str."""
     data = event.data
@@ -87,7 +137,11 @@ def decode_input(stage: Stage, event: CloudEvent) -> EventData:
     try:
         return model.model_validate(event_payload(event))
     except ValidationError as exc:
-        raise InvalidInput(f"invalid {event_type} data: {validation_problems(exc)}") from exc
+        first = exc.errors()[0]["loc"] if exc.errors() else ()
+        raise InvalidInput(
+            f"invalid {event_type} data: {validation_problems(exc)}",
+            field=".".join(str(p) for p in first) or None,
+        ) from exc
 
 
 def build_reply(stage: Stage, incoming: CloudEvent, result: EventData) -> CloudEvent:
@@ -100,6 +154,53 @@ def build_reply(stage: Stage, incoming: CloudEvent, result: EventData) -> CloudE
         "datacontenttype": "application/json",
     }
     return CloudEvent(attributes, result.model_dump(mode="json"))
+
+
+def _data_field(event: CloudEvent, name: str) -> str | None:
+    """A string field of the event data, read leniently (the data may be what failed)."""
+    try:
+        payload = event_payload(event)
+    except InvalidEvent:
+        return None
+    value = payload.get(name) if isinstance(payload, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def build_failure(
+    stage: Stage, incoming: CloudEvent, error: PermanentError, data: EventData | None = None
+) -> CloudEvent:
+    """The `eopf.geozarr.failed` reply of a permanent failure of `incoming`."""
+    item_id = getattr(data, "item_id", None) or _data_field(incoming, "item_id")
+    collection = getattr(data, "collection", None) or _data_field(incoming, "collection")
+    subject = item_id or incoming.get("subject") or ""
+    failure = StageFailed(
+        stage=stage,
+        item_id=item_id,
+        collection=collection,
+        input=InputReference(
+            id=str(incoming["id"]),
+            type=str(incoming["type"]),
+            source=str(incoming["source"]),
+            subject=incoming.get("subject"),
+        ),
+        problem=Problem(
+            code=error.code,
+            message=error.message,
+            field=error.field,
+            retryable=False,
+            status=status_code_for(error),
+        ),
+        input_event=event_as_json(incoming),
+        failed_at=utc_now(),
+    )
+    attributes: dict[str, str] = {
+        "type": EventType.FAILED.value,
+        "source": stage.event_source,
+        "id": reply_id(stage, incoming["source"], incoming["id"], failed=True),
+        "subject": subject,
+        "datacontenttype": "application/json",
+    }
+    return CloudEvent(attributes, failure.model_dump(mode="json"))
 
 
 def _response(status: int, body: str | bytes, headers: Mapping[str, str]) -> flask.Response:
@@ -124,17 +225,37 @@ def handle_request(request: flask.Request, stage: Stage, run: StageRunner) -> fl
     event_id = request.headers.get("ce-id", "")
     try:
         event = parse_event(dict(request.headers), request.get_data())
-        event_id = event["id"]
+    except InvalidEvent as exc:
+        log.warning(
+            "request refused",
+            extra={"stage": stage.value, "event_id": event_id, "error": exc.message},
+        )
+        return error_response(exc)
+    event_id = event["id"]
+    data: EventData | None = None
+    try:
         data = decode_input(stage, event)
         log.info(
             "event accepted",
             extra={"stage": stage.value, "event_id": event_id, "event_type": event["type"]},
         )
-        result = run(data)
-        reply = build_reply(stage, event, result)
-    except PipelineError as exc:
+        reply = build_reply(stage, event, run(data))
+    except PermanentError as exc:
+        reply = build_failure(stage, event, exc, data)
         log.warning(
             "event failed",
+            extra={
+                "stage": stage.value,
+                "event_id": event_id,
+                "subject": reply["subject"],
+                "problem": exc.code,
+                "field": exc.field,
+                "error": exc.message,
+            },
+        )
+    except PipelineError as exc:
+        log.warning(
+            "event failed, retryable",
             extra={
                 "stage": stage.value,
                 "event_id": event_id,

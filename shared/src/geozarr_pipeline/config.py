@@ -19,6 +19,8 @@ class Settings(BaseSettings):
     s3_region: str | None = None
     s3_access_key_id: str | None = None
     s3_secret_access_key: SecretStr | None = None
+    # Failure records: a folder or s3://bucket/prefix; default {output_root}/_failures.
+    failures_root: str | None = None
     # Public https form of output_root, for hrefs a browser can follow.
     public_base_url: str | None = None
 

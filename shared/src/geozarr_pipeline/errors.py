@@ -1,7 +1,10 @@
 """One exception tree for the pipeline, mapped to HTTP status codes in one table.
 
 The status code steers redelivery: the RabbitMQ dispatcher (and the local broker) retry
-404, 408, 409, 429 and 5xx; any other 4xx goes straight to the dead-letter sink.
+404, 408, 409, 429 and 5xx and dead-letter them once retries are exhausted; it acks and drops
+every other answer, so a permanent error is never answered with a bare 4xx through the broker:
+the stage replies 200 with an `eopf.geozarr.failed` event instead (`cloudevent_http`), and
+the status below is only what a caller posting a malformed request directly sees.
 """
 
 from __future__ import annotations
@@ -12,24 +15,35 @@ from typing import Any
 class PipelineError(Exception):
     """Base of every error a stage reports to its caller."""
 
-    def __init__(self, message: str, **details: Any) -> None:
+    def __init__(self, message: str, *, field: str | None = None, **details: Any) -> None:
         super().__init__(message)
         self.message = message
+        self.field = field
         self.details = details
+
+    @property
+    def code(self) -> str:
+        """A stable name of the problem (`invalid_input`, `source_not_found`, ...)."""
+        for cls in type(self).__mro__:
+            if cls in ERROR_NAMES:
+                return ERROR_NAMES[cls]
+        return ERROR_NAMES[PipelineError]
 
     @property
     def retryable(self) -> bool:
         return is_retryable_status(status_code_for(self))
 
     def to_body(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"error": ERROR_NAMES[type(self)], "message": self.message}
+        body: dict[str, Any] = {"error": self.code, "message": self.message}
+        if self.field:
+            body["field"] = self.field
         if self.details:
             body["details"] = self.details
         return body
 
 
 class PermanentError(PipelineError):
-    """The input can never succeed: do not retry, dead-letter it."""
+    """The input can never succeed: do not retry; the stage replies with a failure event."""
 
 
 class InvalidEvent(PermanentError):
@@ -87,6 +101,8 @@ ERROR_NAMES: dict[type[PipelineError], str] = {
     for cls in STATUS_CODES
 }
 
+# knative/eventing pkg/kncloudevents/retries.go SelectiveRetry (commit 8cf4c4b6): the statuses
+# a Trigger dispatcher retries; it acks every other answer (local/dispatch.py has the table).
 RETRYABLE_STATUS_CODES = frozenset({404, 408, 409, 429}) | frozenset(range(500, 600))
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import uuid
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import urlparse
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -149,6 +149,41 @@ class AugmentDone(EventData):
     viewer_url: str | None = None
 
 
+class Problem(EventData):
+    """What went wrong, in terms a person and a script can both act on."""
+
+    code: str = Field(description="Stable name of the problem, e.g. invalid_input")
+    message: str
+    field: str | None = Field(default=None, description="The offending field of the input")
+    retryable: bool = Field(description="Whether the same input could succeed later")
+    status: int | None = Field(default=None, description="HTTP status behind the problem")
+
+
+class InputReference(EventData):
+    """The identity of the input event a failure belongs to."""
+
+    id: str
+    type: str
+    source: str
+    subject: str | None = None
+
+
+class StageFailed(EventData):
+    """The reply of a stage whose input can never succeed (type eopf.geozarr.failed).
+
+    `input_event` is the whole input event ({"attributes": ..., "data": ...}), so that the
+    failure record can replay it.
+    """
+
+    stage: Stage
+    item_id: str | None = None
+    collection: str | None = None
+    input: InputReference
+    problem: Problem
+    input_event: dict[str, Any]
+    failed_at: str
+
+
 INPUT_MODELS: dict[EventType, type[EventData]] = {
     EventType.CONVERT_REQUESTED: ConvertRequested,
     EventType.RABBITMQ_MESSAGE: ConvertRequested,
@@ -157,6 +192,19 @@ INPUT_MODELS: dict[EventType, type[EventData]] = {
 }
 
 
-def reply_id(stage: Stage, input_source: str, input_id: str) -> str:
-    """A reply id derived from the input event, so a redelivery yields the same reply id."""
-    return str(uuid.uuid5(REPLY_NAMESPACE, f"{stage.value}\n{input_source}\n{input_id}"))
+def reply_id(stage: Stage, input_source: str, input_id: str, *, failed: bool = False) -> str:
+    """A reply id derived from the input event, so a redelivery yields the same reply id.
+
+    A failure reply gets an id of its own: the same input may fail now and succeed after a
+    fix, and the two replies are different events.
+    """
+    kind = f"{stage.value}:failed" if failed else stage.value
+    return str(uuid.uuid5(REPLY_NAMESPACE, f"{kind}\n{input_source}\n{input_id}"))
+
+
+def stage_for_input(event_type: str) -> Stage | None:
+    """The stage whose Trigger takes events of this type, if any."""
+    for stage, accepted in STAGE_INPUTS.items():
+        if event_type in accepted:
+            return stage
+    return None

@@ -38,9 +38,7 @@ from urllib.parse import urlparse
 from geozarr_pipeline.config import Settings
 from geozarr_pipeline.errors import InProgress, InvalidInput, TransientError
 from geozarr_pipeline.events import check_safe_id
-
-# boto3 ships no type stubs here; the client is dynamically typed.
-S3Client = Any
+from geozarr_pipeline.s3 import S3Client, error_code, s3_client
 
 MARKER_FORMAT = "geozarr-pipeline/convert-marker/1"
 UPLOAD_THREADS = 16
@@ -218,34 +216,6 @@ class LocalOutput(OutputLocation):
         return _FileLease(fd)
 
 
-def s3_client(settings: Settings) -> S3Client:
-    import boto3  # type: ignore[import-untyped]
-    from botocore.config import Config  # type: ignore[import-untyped]
-
-    secret = settings.s3_secret_access_key
-    client: S3Client = boto3.client(
-        "s3",
-        endpoint_url=settings.s3_endpoint_url,
-        region_name=settings.s3_region or "us-east-1",
-        aws_access_key_id=settings.s3_access_key_id,
-        aws_secret_access_key=secret.get_secret_value() if secret else None,
-        config=Config(
-            retries={"max_attempts": 3, "mode": "standard"},
-            connect_timeout=10,
-            # One connection per upload thread (botocore keeps 10 and drops the rest).
-            max_pool_connections=UPLOAD_THREADS,
-        ),
-    )
-    return client
-
-
-def _error_code(exc: Exception) -> str:
-    response = getattr(exc, "response", None)
-    if isinstance(response, dict):
-        return str(response.get("Error", {}).get("Code", ""))
-    return ""
-
-
 class _S3Lease(Lease):
     """A lock object with an expiry, renewed in the background while the work runs."""
 
@@ -271,7 +241,7 @@ class _S3Lease(Lease):
                 Bucket=self.bucket, Key=self.key, Body=self._body(), IfNoneMatch="*"
             )
         except ClientError as exc:
-            if _error_code(exc) not in ("PreconditionFailed", "ConditionalRequestConflict"):
+            if error_code(exc) not in ("PreconditionFailed", "ConditionalRequestConflict"):
                 raise
             self._take_over_expired()
         else:
@@ -286,7 +256,7 @@ class _S3Lease(Lease):
         try:
             current = self.client.get_object(Bucket=self.bucket, Key=self.key)
         except ClientError as exc:
-            if _error_code(exc) in ("NoSuchKey", "404"):
+            if error_code(exc) in ("NoSuchKey", "404"):
                 raise busy from exc
             raise
         try:
@@ -301,7 +271,7 @@ class _S3Lease(Lease):
                 Bucket=self.bucket, Key=self.key, Body=self._body(), IfMatch=current["ETag"]
             )
         except ClientError as exc:
-            if _error_code(exc) in ("PreconditionFailed", "ConditionalRequestConflict"):
+            if error_code(exc) in ("PreconditionFailed", "ConditionalRequestConflict"):
                 raise busy from exc
             raise
         self.etag = reply["ETag"]
@@ -315,7 +285,7 @@ class _S3Lease(Lease):
                     Bucket=self.bucket, Key=self.key, Body=self._body(), IfMatch=self.etag
                 )
             except ClientError as exc:
-                if _error_code(exc) in ("PreconditionFailed", "NoSuchKey", "404"):
+                if error_code(exc) in ("PreconditionFailed", "NoSuchKey", "404"):
                     self.lost = True
                     return
                 continue
@@ -367,7 +337,8 @@ class S3Output(OutputLocation):
     @property
     def client(self) -> S3Client:
         if self._client is None:
-            self._client = s3_client(self.settings)
+            # One connection per upload thread (botocore keeps 10 and drops the rest).
+            self._client = s3_client(self.settings, pool_connections=UPLOAD_THREADS)
         return self._client
 
     @property
@@ -387,7 +358,7 @@ class S3Output(OutputLocation):
         try:
             return fn(**kwargs)
         except ClientError as exc:
-            code = _error_code(exc)
+            code = error_code(exc)
             if code in ("NoSuchKey", "404", "NotFound"):
                 return None
             if code in ("SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout"):

@@ -4,18 +4,21 @@
         --manifests knative/base --state-dir data/broker \\
         --subscriber geozarr-convert=http://127.0.0.1:8081 ...
 
-Ingress `POST /` takes CloudEvents (binary or structured) and answers 202; every accepted
-event is appended to `<state-dir>/events.jsonl` and handed to each matching Trigger's worker
-pool, which delivers it in binary mode with the Trigger's timeout, retries like
-eventing-rabbitmq's dispatcher (404, 408, 409, 429, 5xx, timeouts, connection errors, with the
-Trigger's backoff), publishes a CloudEvent found in a 2xx reply back into the broker, and
-writes a dead-letter record to `<state-dir>/dead-letters/` when it gives up.
+Ingress `POST /` takes CloudEvents (binary or structured) and answers 202 once the event is
+in the journal (`<state-dir>/events.jsonl`); each matching Trigger's queue delivers it in
+binary mode with the Trigger's timeout, parallelism and retries, and decides what to do with
+each answer exactly as eventing-rabbitmq's dispatcher does (the table in `local/dispatch.py`):
+a reply is published back into the broker, a non-retried 4xx is acked and dropped, and once
+retries are exhausted the event goes to the Trigger's dead-letter queue, which delivers it to
+the `deadLetterSink` (the failure recorder) with the `knativeerror*` extensions.
+
+Nothing accepted is lost when the broker dies: on start it delivers again every journaled
+event whose delivery was never acknowledged, as RabbitMQ redelivers unacked messages.
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
 import logging
 import queue
 import signal
@@ -34,12 +37,11 @@ import httpx
 from cloudevents.conversion import to_binary
 from cloudevents.http import CloudEvent
 
-from geozarr_pipeline.cloudevent_http import parse_event
-from geozarr_pipeline.errors import InvalidEvent, is_retryable_status
+from geozarr_pipeline.cloudevent_http import event_from_json, parse_event, utc_now
+from geozarr_pipeline.errors import InvalidEvent
 from geozarr_pipeline.jsonhttp import JsonRequestHandler
-from geozarr_pipeline.local import deadletters
-from geozarr_pipeline.local.deadletters import utc_now
-from geozarr_pipeline.local.journal import BrokerState, event_to_record, matches_query
+from geozarr_pipeline.local.dispatch import NO_STATUS, Decision, Outcome, decide
+from geozarr_pipeline.local.journal import BrokerState, matches_query
 from geozarr_pipeline.local.routing import (
     ManifestError,
     Route,
@@ -53,10 +55,9 @@ log = logging.getLogger(__name__)
 
 DESCRIPTION = "A local stand-in for the Knative RabbitMQ broker, routed by the Trigger manifests."
 MAX_INGRESS_BYTES = 16 * 1024 * 1024
-RECORDED_BODY_BYTES = 64 * 1024
-KNATIVE_ERROR_DATA_BYTES = 1024
 MAX_LONG_POLL_SECONDS = 300.0
-SINK_TIMEOUT_SECONDS = 10.0
+DEAD_LETTER_QUEUE_SUFFIX = ".dlq"
+REPLY_ERROR_CHARS = 1024
 
 
 def binary_request(event: CloudEvent) -> tuple[dict[str, str], bytes]:
@@ -81,14 +82,8 @@ class Attempt:
     headers: dict[str, str] = field(default_factory=dict)
 
     @property
-    def succeeded(self) -> bool:
-        return self.status is not None and 200 <= self.status < 300
-
-    @property
-    def retryable(self) -> bool:
-        if self.status is None:
-            return True
-        return is_retryable_status(self.status)
+    def decision(self) -> Decision:
+        return decide(self.status)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -100,20 +95,28 @@ class Attempt:
         }
 
 
-@dataclass
-class Delivery:
+@dataclass(frozen=True)
+class DeliveryQueue:
+    """A Trigger's queue, or its dead-letter queue (delivering to the deadLetterSink)."""
+
+    name: str
     route: Route
     url: str
+    dead_letters: bool = False
+
+
+@dataclass
+class Delivery:
+    queue: DeliveryQueue
     event: CloudEvent
     seq: int
 
 
 EVENT_QUERY_KEYS = ("type", "subject", "source", "id", "origin")
-DEAD_LETTER_QUERY_KEYS = ("type", "subject", "source", "id", "trigger")
 
 
 class LocalBroker:
-    """Ingress, journal, per-Trigger worker pools and dead letters; usable in-process too."""
+    """Ingress, journal and per-Trigger worker pools; usable in-process too."""
 
     def __init__(
         self,
@@ -130,10 +133,10 @@ class LocalBroker:
         self.default_timeout = default_timeout
         self._stopping = threading.Event()
         self._client = httpx.Client(follow_redirects=False, trust_env=False)
-        self._queues: dict[str, queue.Queue[Delivery | None]] = {}
+        self._queues: dict[str, DeliveryQueue] = {}
+        self._pending: dict[str, queue.Queue[Delivery | None]] = {}
         self._workers: list[threading.Thread] = []
         self._server: ThreadingHTTPServer | None = None
-        self._server_thread: threading.Thread | None = None
         for route in self.routes:
             url = route.target_url(self.subscribers)
             if url is None:
@@ -142,17 +145,47 @@ class LocalBroker:
                     extra={"trigger": route.name, "subscriber": route.subscriber},
                 )
                 continue
-            self._queues[route.name] = queue.Queue()
-            for index in range(route.parallelism or default_parallelism):
-                worker = threading.Thread(
-                    target=self._work,
-                    args=(self._queues[route.name],),
-                    name=f"deliver-{route.name}-{index}",
-                    daemon=True,
-                )
-                self._workers.append(worker)
+            self._add_queue(
+                DeliveryQueue(route.name, route, url), route.parallelism or default_parallelism
+            )
+            sink = route.delivery.dead_letter_sink
+            sink_url = self.subscribers.get(sink) if sink else None
+            if sink_url is not None:
+                name = route.name + DEAD_LETTER_QUEUE_SUFFIX
+                self._add_queue(DeliveryQueue(name, route, sink_url, dead_letters=True), 1)
+        self._redeliver_unfinished()
         for worker in self._workers:
             worker.start()
+
+    def _add_queue(self, delivery_queue: DeliveryQueue, workers: int) -> None:
+        self._queues[delivery_queue.name] = delivery_queue
+        pending: queue.Queue[Delivery | None] = queue.Queue()
+        self._pending[delivery_queue.name] = pending
+        for index in range(workers):
+            self._workers.append(
+                threading.Thread(
+                    target=self._work,
+                    args=(pending,),
+                    name=f"deliver-{delivery_queue.name}-{index}",
+                    daemon=True,
+                )
+            )
+
+    def _redeliver_unfinished(self) -> None:
+        """Queue again every journaled delivery that was never acknowledged (a crash)."""
+        unfinished = self.state.unfinished()
+        for entry, name in unfinished:
+            if name in self._pending:
+                event = event_from_json(entry["event"])
+                self._pending[name].put(Delivery(self._queues[name], event, int(entry["seq"])))
+        if unfinished:
+            log.warning(
+                "redelivering unacknowledged events",
+                extra={
+                    "deliveries": len(unfinished),
+                    "seqs": sorted({int(e["seq"]) for e, _ in unfinished}),
+                },
+            )
 
     # Publishing -----------------------------------------------------------------------------
 
@@ -162,15 +195,12 @@ class LocalBroker:
         """Journal an event and queue it for every matching Trigger; never blocks on delivery."""
         attributes = event.get_attributes()
         matched = matching_routes(self.routes, attributes)
-        served = [r for r in matched if r.name in self._queues]
-        unserved = [r.name for r in matched if r.name not in self._queues]
-        entry = self.state.append_event(event, origin, parent, [r.name for r in served], unserved)
+        served = [r.name for r in matched if r.name in self._pending]
+        unserved = [r.name for r in matched if r.name not in self._pending]
+        entry = self.state.append_event(event, origin, parent, served, unserved)
         if entry is None:
             return None
-        for route in served:
-            url = route.target_url(self.subscribers)
-            assert url is not None
-            self._queues[route.name].put(Delivery(route, url, event, int(entry["seq"])))
+        self._enqueue(entry, event, served)
         log.info(
             "event accepted",
             extra={
@@ -179,11 +209,15 @@ class LocalBroker:
                 "event_type": attributes.get("type"),
                 "event_id": attributes.get("id"),
                 "subject": attributes.get("subject"),
-                "routes": entry["routes"],
+                "routes": served,
                 "duplicate": entry["duplicate"],
             },
         )
         return entry
+
+    def _enqueue(self, entry: Mapping[str, Any], event: CloudEvent, names: Sequence[str]) -> None:
+        for name in names:
+            self._pending[name].put(Delivery(self._queues[name], event, int(entry["seq"])))
 
     # Delivery -------------------------------------------------------------------------------
 
@@ -195,16 +229,16 @@ class LocalBroker:
             try:
                 self._deliver(delivery)
             except Exception:
-                log.exception("delivery crashed", extra={"trigger": delivery.route.name})
+                log.exception("delivery crashed", extra={"queue": delivery.queue.name})
 
     def _attempt(self, delivery: Delivery, number: int) -> Attempt:
         headers, body = binary_request(delivery.event)
-        timeout = delivery.route.delivery.timeout or self.default_timeout
+        timeout = delivery.queue.route.delivery.timeout or self.default_timeout
         started_at = utc_now()
         started = time.monotonic()
         try:
             response = self._client.post(
-                delivery.url, headers=headers, content=body, timeout=timeout
+                delivery.queue.url, headers=headers, content=body, timeout=timeout
             )
         except httpx.TimeoutException as exc:
             return Attempt(
@@ -224,61 +258,84 @@ class LocalBroker:
         )
 
     def _deliver(self, delivery: Delivery) -> None:
-        spec = delivery.route.delivery
+        """One message of a queue, from first attempt to acknowledgement.
+
+        Returning without an acknowledgement (the broker is stopping) leaves the delivery
+        unfinished in the journal, so the next start delivers it again.
+        """
+        spec = delivery.queue.route.delivery
         attempts: list[Attempt] = []
         for number in range(1, spec.retry + 2):
             if number > 1 and self._stopping.wait(spec.backoff(number - 1)):
                 return
             attempt = self._attempt(delivery, number)
             attempts.append(attempt)
-            if self._stopping.is_set() and not attempt.succeeded:
+            if self._stopping.is_set() and attempt.decision is not Decision.ACK:
                 return
             log.info(
                 "delivery attempt",
                 extra={
-                    "trigger": delivery.route.name,
+                    "queue": delivery.queue.name,
                     "event_id": delivery.event["id"],
                     "attempt": number,
                     "status": attempt.status,
                     "error": attempt.error,
+                    "decision": attempt.decision.value,
                 },
             )
-            if attempt.succeeded:
+            if attempt.decision is Decision.ACK:
                 self._succeeded(delivery, attempts)
                 return
-            if not attempt.retryable:
-                self._dead_letter(delivery, attempts, "non_retryable_status")
+            if attempt.decision is Decision.DROP:
+                log.warning(
+                    "event acked and dropped: a status the dispatcher does not retry",
+                    extra={
+                        "queue": delivery.queue.name,
+                        "event_id": delivery.event["id"],
+                        "status": attempt.status,
+                    },
+                )
+                self._acknowledge(delivery, attempts, Outcome.DROPPED)
                 return
-        self._dead_letter(delivery, attempts, "retries_exhausted")
+        self._failed(
+            delivery, attempts, {"knativeerrorcode": str(attempts[-1].status or NO_STATUS)}
+        )
+
+    def _parent(self, delivery: Delivery) -> dict[str, Any]:
+        return {
+            "seq": delivery.seq,
+            "queue": delivery.queue.name,
+            "trigger": delivery.queue.route.name,
+            "source": str(delivery.event["source"]),
+            "id": str(delivery.event["id"]),
+        }
 
     def _succeeded(self, delivery: Delivery, attempts: list[Attempt]) -> None:
         last = attempts[-1]
         try:
             reply = self._reply_event(last)
         except InvalidEvent as exc:
-            last.error = f"invalid reply event: {exc.message}"
-            self._dead_letter(delivery, attempts, "invalid_reply")
-            return
-        if reply is not None and delivery.route.matches(reply.get_attributes()):
-            # The design rule "never reply with a type your own Trigger matches": in a cluster
-            # this loops forever; here it is refused loudly.
-            last.error = f"reply of type {reply['type']!r} matches its own Trigger (a loop)"
-            self._dead_letter(delivery, attempts, "reply_loop")
-            return
-        reply_entry = None
-        if reply is not None:
-            parent = {
-                "seq": delivery.seq,
-                "trigger": delivery.route.name,
-                "source": str(delivery.event["source"]),
-                "id": str(delivery.event["id"]),
-            }
-            reply_entry = self.publish(reply, origin="reply", parent=parent)
-        self._record_delivery(
+            reply_error = f"invalid reply event: {exc.message}"
+        else:
+            if reply is None:
+                self._acknowledge(delivery, attempts, Outcome.DELIVERED)
+                return
+            if delivery.queue.route.matches(reply.get_attributes()):
+                reply_error = f"reply of type {reply['type']!r} matches its own Trigger (a loop)"
+            else:
+                entry = self.publish(reply, origin="reply", parent=self._parent(delivery))
+                if entry is None:
+                    return
+                self._acknowledge(delivery, attempts, Outcome.DELIVERED, reply_seq=entry["seq"])
+                return
+        last.error = reply_error
+        self._failed(
             delivery,
             attempts,
-            "delivered",
-            reply_seq=reply_entry["seq"] if reply_entry else None,
+            {
+                "knativeerrorcode": str(last.status),
+                "knativeerrordata": reply_error[:REPLY_ERROR_CHARS],
+            },
         )
 
     @staticmethod
@@ -290,15 +347,54 @@ class LocalBroker:
             return None
         return parse_event(attempt.headers, attempt.body)
 
-    def _record_delivery(
-        self, delivery: Delivery, attempts: list[Attempt], outcome: str, **extra: Any
+    def _failed(
+        self, delivery: Delivery, attempts: list[Attempt], extensions: Mapping[str, str]
+    ) -> None:
+        """Retries exhausted or reply unpublishable: to the dead-letter queue, or gone."""
+        if delivery.queue.dead_letters:
+            log.error(
+                "dead letter lost: the dead-letter sink failed too (as upstream, it is acked)",
+                extra={"queue": delivery.queue.name, "event_id": delivery.event["id"]},
+            )
+            self._acknowledge(delivery, attempts, Outcome.LOST)
+            return
+        dead_letter_queue = delivery.queue.name + DEAD_LETTER_QUEUE_SUFFIX
+        dead = CloudEvent(
+            {
+                **delivery.event.get_attributes(),
+                "knativeerrordest": delivery.queue.url,
+                **extensions,
+            },
+            delivery.event.data,
+        )
+        queues = [dead_letter_queue] if dead_letter_queue in self._pending else []
+        entry = self.state.append_event(dead, "dead-letter", self._parent(delivery), queues)
+        if entry is None:
+            return
+        self._enqueue(entry, dead, queues)
+        outcome = Outcome.DEAD_LETTERED if queues else Outcome.LOST
+        self._acknowledge(delivery, attempts, outcome, dead_letter_seq=entry["seq"])
+        log.warning(
+            "event dead-lettered" if queues else "event lost: its Trigger has no dead-letter sink",
+            extra={
+                "queue": delivery.queue.name,
+                "event_id": delivery.event["id"],
+                "status": attempts[-1].status,
+                "attempts": len(attempts),
+                "dead_letter_seq": entry["seq"],
+            },
+        )
+
+    def _acknowledge(
+        self, delivery: Delivery, attempts: list[Attempt], outcome: Outcome, **extra: Any
     ) -> None:
         self.state.append_delivery(
             {
                 "finished_at": utc_now(),
-                "trigger": delivery.route.name,
-                "subscriber": delivery.route.subscriber,
-                "url": delivery.url,
+                "queue": delivery.queue.name,
+                "trigger": delivery.queue.route.name,
+                "subscriber": delivery.queue.route.subscriber,
+                "url": delivery.queue.url,
                 "seq": delivery.seq,
                 "event": {
                     "type": str(delivery.event["type"]),
@@ -306,79 +402,11 @@ class LocalBroker:
                     "id": str(delivery.event["id"]),
                     "subject": delivery.event.get("subject"),
                 },
-                "outcome": outcome,
+                "outcome": outcome.value,
                 "attempts": [a.summary() for a in attempts],
                 **extra,
             }
         )
-
-    def _dead_letter(self, delivery: Delivery, attempts: list[Attempt], reason: str) -> None:
-        last = attempts[-1]
-        code = str(last.status) if last.status is not None else "-1"
-        extensions = {
-            "knativeerrordest": delivery.url,
-            "knativeerrorcode": code,
-            "knativeerrordata": base64.b64encode(last.body[:KNATIVE_ERROR_DATA_BYTES]).decode(),
-        }
-        record: dict[str, Any] = {
-            "version": deadletters.RECORD_VERSION,
-            "record_id": deadletters.new_record_id(),
-            "recorded_at": utc_now(),
-            "reason": reason,
-            "trigger": delivery.route.name,
-            "subscriber": {"service": delivery.route.subscriber, "url": delivery.url},
-            "event": event_to_record(delivery.event),
-            "journal_seq": delivery.seq,
-            "last_status": last.status,
-            "last_error": last.error,
-            "response_body": last.body[:RECORDED_BODY_BYTES].decode("utf-8", errors="replace"),
-            "response_content_type": last.headers.get("content-type"),
-            "attempts": len(attempts),
-            "attempt_log": [a.summary() for a in attempts],
-            "first_attempt_at": attempts[0].started_at,
-            "last_attempt_at": last.started_at,
-            "delivery": {
-                "retry": delivery.route.delivery.retry,
-                "backoff_policy": delivery.route.delivery.backoff_policy,
-                "backoff_delay_s": delivery.route.delivery.backoff_delay,
-                "timeout_s": delivery.route.delivery.timeout,
-            },
-            "knative_extensions": extensions,
-            "sink": self._forward_to_sink(delivery, extensions),
-        }
-        path = self.state.write_dead_letter(record)
-        self._record_delivery(
-            delivery, attempts, "dead-lettered", reason=reason, record=str(path) if path else None
-        )
-        log.warning(
-            "event dead-lettered",
-            extra={
-                "trigger": delivery.route.name,
-                "event_id": delivery.event["id"],
-                "reason": reason,
-                "status": last.status,
-                "attempts": len(attempts),
-                "record": str(path),
-            },
-        )
-
-    def _forward_to_sink(
-        self, delivery: Delivery, extensions: Mapping[str, str]
-    ) -> dict[str, Any] | None:
-        """Also send the event to the Trigger's deadLetterSink, when a URL is known for it."""
-        sink = delivery.route.delivery.dead_letter_sink
-        url = self.subscribers.get(sink) if sink else None
-        if sink is None or url is None:
-            return None
-        event = CloudEvent({**delivery.event.get_attributes(), **extensions}, delivery.event.data)
-        headers, body = binary_request(event)
-        try:
-            response = self._client.post(
-                url, headers=headers, content=body, timeout=SINK_TIMEOUT_SECONDS
-            )
-        except httpx.HTTPError as exc:
-            return {"service": sink, "url": url, "status": None, "error": str(exc)}
-        return {"service": sink, "url": url, "status": response.status_code, "error": None}
 
     # Queries --------------------------------------------------------------------------------
 
@@ -406,16 +434,9 @@ class LocalBroker:
             d
             for d in entries
             if all(
-                str(d.get(k) if k in ("trigger", "outcome") else d["event"].get(k)) == v
+                str(d.get(k) if k in ("trigger", "outcome", "queue") else d["event"].get(k)) == v
                 for k, v in query.items()
             )
-        ]
-
-    def dead_letters(self, query: Mapping[str, str], after: int = 0) -> list[dict[str, Any]]:
-        """Dead-letter records matching the query, of journal entries after seq `after`."""
-        records = deadletters.list_records(self.state.state_dir)
-        return [
-            r for r in records if int(r.get("journal_seq") or 0) > after and matches_query(r, query)
         ]
 
     def routes_table(self) -> list[dict[str, Any]]:
@@ -431,6 +452,11 @@ class LocalBroker:
                 "backoff_delay_s": r.delivery.backoff_delay,
                 "timeout_s": r.delivery.timeout,
                 "dead_letter_sink": r.delivery.dead_letter_sink,
+                "dead_letter_url": (
+                    self._queues[r.name + DEAD_LETTER_QUEUE_SUFFIX].url
+                    if r.name + DEAD_LETTER_QUEUE_SUFFIX in self._queues
+                    else None
+                ),
                 "parallelism": r.parallelism,
                 "manifest": str(r.manifest) if r.manifest else None,
             }
@@ -444,26 +470,24 @@ class LocalBroker:
         server = ThreadingHTTPServer((host, port), _handler_for(self))
         server.daemon_threads = True
         self._server = server
-        self._server_thread = threading.Thread(
+        threading.Thread(
             target=server.serve_forever, kwargs={"poll_interval": 0.1}, name="ingress", daemon=True
-        )
-        self._server_thread.start()
+        ).start()
         bound_host, bound_port = server.server_address[:2]
         return f"http://{bound_host!s}:{bound_port}"
 
     def close(self, grace: float = 2.0) -> None:
-        """Stop taking events, give in-flight deliveries `grace` seconds, then drop the rest.
+        """Stop taking events, give in-flight deliveries `grace` seconds, then stop.
 
-        A dropped delivery leaves no record: the journal shows the event, and at-least-once
-        delivery means it may simply be submitted again.
+        A delivery still running is not acknowledged: the next start delivers it again.
         """
         self._stopping.set()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
-        for deliveries in self._queues.values():
+        for pending in self._pending.values():
             for _ in range(len(self._workers)):
-                deliveries.put(None)
+                pending.put(None)
         deadline = time.monotonic() + grace
         for worker in self._workers:
             worker.join(max(0.0, deadline - time.monotonic()))
@@ -527,17 +551,9 @@ def _handler_for(broker: LocalBroker) -> type[BaseHTTPRequestHandler]:
                     return
                 query = _single_values(parts.query, EVENT_QUERY_KEYS)
                 self._send_json(200, broker.events(query, after=after, wait=wait))
-            elif parts.path == "/dead-letters":
-                try:
-                    after = int(parse_qs(parts.query).get("after", ["0"])[-1])
-                except ValueError:
-                    self._send_error(400, "bad_query", "after must be an integer")
-                    return
-                query = _single_values(parts.query, DEAD_LETTER_QUERY_KEYS)
-                self._send_json(200, broker.dead_letters(query, after=after))
             elif parts.path == "/deliveries":
                 query = _single_values(
-                    parts.query, ("trigger", "outcome", "type", "subject", "source", "id")
+                    parts.query, ("queue", "trigger", "outcome", "type", "subject", "source", "id")
                 )
                 self._send_json(200, broker.deliveries(query))
             elif parts.path == "/routes":
@@ -546,63 +562,6 @@ def _handler_for(broker: LocalBroker) -> type[BaseHTTPRequestHandler]:
                 self._send_error(404, "not_found", f"no such path: {parts.path}")
 
     return Handler
-
-
-class EventNotSeen(TimeoutError):
-    """No matching event reached the broker in time."""
-
-
-class DeadLettered(RuntimeError):
-    """The run being waited for ended in a dead-letter record."""
-
-    def __init__(self, record: Mapping[str, Any]) -> None:
-        super().__init__(
-            f"dead-lettered by trigger {record.get('trigger')}: {record.get('reason')} "
-            f"(last status {record.get('last_status')}, {record.get('last_error')}): "
-            f"{str(record.get('response_body', ''))[:300]}"
-        )
-        self.record = dict(record)
-
-
-def wait_for_event(
-    broker_url: str,
-    *,
-    event_type: str,
-    subject: str | None = None,
-    timeout: float = 600.0,
-    after: int = 0,
-    fail_on_dead_letter: bool = True,
-    poll: float = 1.0,
-) -> dict[str, Any]:
-    """Long-poll the broker's journal until an event of `event_type` (and `subject`) arrives.
-
-    Only journal entries after seq `after` count (pass the ingress answer's `seq` minus one to
-    ignore earlier runs of the same item). With `fail_on_dead_letter`, a dead-letter record
-    for the same subject raises DeadLettered instead of waiting for the timeout.
-    """
-    deadline = time.monotonic() + timeout
-    query: dict[str, Any] = {"type": event_type, "after": after}
-    if subject:
-        query["subject"] = subject
-    with httpx.Client(base_url=broker_url, trust_env=False, timeout=poll + 10) as client:
-        while True:
-            remaining = deadline - time.monotonic()
-            wait = max(0.0, min(poll, remaining))
-            found = client.get("/events", params={**query, "wait": wait}).raise_for_status()
-            entries: list[dict[str, Any]] = found.json()
-            if entries:
-                return entries[0]
-            if fail_on_dead_letter and subject:
-                dead = client.get(
-                    "/dead-letters", params={"subject": subject, "after": after}
-                ).raise_for_status()
-                records: list[dict[str, Any]] = dead.json()
-                if records:
-                    raise DeadLettered(records[0])
-            if time.monotonic() >= deadline:
-                raise EventNotSeen(
-                    f"no {event_type} event for {subject or 'any subject'} in {timeout}s"
-                )
 
 
 def default_manifests() -> Path:
@@ -625,7 +584,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--state-dir",
         type=Path,
         required=True,
-        help="where events.jsonl, deliveries.jsonl and dead-letters/ are kept",
+        help="where the journal (events.jsonl) and the delivery log (deliveries.jsonl) are kept; "
+        "a restart on the same folder redelivers what was never acknowledged",
     )
     parser.add_argument(
         "--subscriber",
@@ -633,8 +593,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="NAME=URL",
         help="local URL of a Trigger subscriber Service, e.g. "
-        "geozarr-convert=http://127.0.0.1:8081 (repeatable; a deadLetterSink Service named "
-        "here also receives dead letters)",
+        "geozarr-convert=http://127.0.0.1:8081 (repeatable; a Trigger's deadLetterSink "
+        "Service must be named here too, or its dead letters are lost, as upstream)",
     )
     parser.add_argument(
         "--broker-name", default=None, help="only Triggers of this broker (default: all)"
@@ -656,7 +616,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--grace",
         type=float,
         default=2.0,
-        help="seconds in-flight deliveries get on SIGTERM before they are dropped (default 2)",
+        help="seconds in-flight deliveries get on SIGTERM; unfinished ones are redelivered on "
+        "the next start (default 2)",
     )
     parser.add_argument("--log-level", default="INFO")
 

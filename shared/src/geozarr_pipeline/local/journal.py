@@ -1,14 +1,19 @@
-"""The local broker's state on disk: the event journal, the delivery log, the dead letters.
+"""The local broker's state on disk: the event journal and the delivery log.
 
-`events.jsonl` and `deliveries.jsonl` get one JSON line per entry, written with a single
-write under a lock; dead letters are whole files written atomically. After close() nothing
-more is written, so a stopping broker leaves nothing half-written.
+`events.jsonl` holds every accepted event with the queues it was routed to (a Trigger's
+queue, or `<trigger>.dlq` for a dead letter); `deliveries.jsonl` holds one line per finished
+delivery (an acknowledgement). Together they are what RabbitMQ keeps for the cluster's
+broker: after a crash, every routed event whose delivery has no acknowledgement is delivered
+again (`unfinished`). A delivery whose reply or dead letter is already journaled counts as
+finished, so a crash between journaling the reply and the acknowledgement redoes nothing.
+
+Each entry is one line written with a single write under a lock and flushed to the OS (a
+killed process loses nothing written; a power cut may lose the tail). A line cut short by a
+crash is dropped on load. After close() nothing more is written.
 """
 
 from __future__ import annotations
 
-import base64
-import contextlib
 import json
 import threading
 from collections.abc import Mapping, Sequence
@@ -17,65 +22,51 @@ from typing import Any
 
 from cloudevents.http import CloudEvent
 
-from geozarr_pipeline.local import deadletters
+from geozarr_pipeline.cloudevent_http import event_as_json, utc_now
 
 JOURNAL_FILE = "events.jsonl"
 DELIVERIES_FILE = "deliveries.jsonl"
-# Query keys matched against a journal entry or dead-letter record itself, not its event.
+# Query keys matched against a journal entry itself, not its event.
 ENTRY_FIELDS = ("origin", "trigger")
 
 
-def event_to_record(event: CloudEvent) -> dict[str, Any]:
-    """An event as JSON: its attributes and its data (JSON if it is JSON, else base64)."""
-    attributes = {k: str(v) for k, v in event.get_attributes().items()}
-    data = event.data
-    if isinstance(data, bytes | bytearray):
+def _read_lines(path: Path) -> list[dict[str, Any]]:
+    """The complete JSON lines of a file; a torn last line (a crash mid-write) is cut off."""
+    if not path.exists():
+        return []
+    raw = path.read_bytes()
+    complete, _, torn = raw.rpartition(b"\n")
+    if torn:
+        with path.open("r+b") as handle:
+            handle.truncate(len(complete) + 1 if complete else 0)
+    entries: list[dict[str, Any]] = []
+    for line in complete.splitlines():
         try:
-            return {"attributes": attributes, "data": json.loads(data)}
+            entry = json.loads(line)
         except ValueError:
-            try:
-                return {"attributes": attributes, "data": bytes(data).decode("utf-8")}
-            except UnicodeDecodeError:
-                encoded = base64.b64encode(bytes(data)).decode("ascii")
-                return {"attributes": attributes, "data_base64": encoded}
-    return {"attributes": attributes, "data": data}
+            continue
+        if isinstance(entry, dict):
+            entries.append(entry)
+    return entries
 
 
 class BrokerState:
-    """The journal, the delivery log and the dead letters; nothing is written after close()."""
+    """The journal and the delivery log; nothing is written after close()."""
 
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = state_dir
         self.journal_path = state_dir / JOURNAL_FILE
         self.deliveries_path = state_dir / DELIVERIES_FILE
         state_dir.mkdir(parents=True, exist_ok=True)
-        folder = deadletters.dead_letter_dir(state_dir)
-        folder.mkdir(parents=True, exist_ok=True)
-        for stray in folder.glob(".*.tmp"):
-            stray.unlink(missing_ok=True)
         self.lock = threading.Lock()
         self.changed = threading.Condition(self.lock)
         self.closed = False
-        self.entries: list[dict[str, Any]] = []
-        self.deliveries: list[dict[str, Any]] = []
-        self.seen: set[tuple[str, str]] = set()
-        self._load()
-
-    def _load(self) -> None:
-        for path, target in (
-            (self.journal_path, self.entries),
-            (self.deliveries_path, self.deliveries),
-        ):
-            if not path.exists():
-                continue
-            for line in path.read_text().splitlines():
-                with contextlib.suppress(ValueError):
-                    entry = json.loads(line)
-                    if isinstance(entry, dict):
-                        target.append(entry)
-        for entry in self.entries:
-            attributes = entry.get("event", {}).get("attributes", {})
-            self.seen.add((str(attributes.get("source")), str(attributes.get("id"))))
+        self.entries = _read_lines(self.journal_path)
+        self.deliveries = _read_lines(self.deliveries_path)
+        self.seen = {
+            (str(e["event"]["attributes"].get("source")), str(e["event"]["attributes"].get("id")))
+            for e in self.entries
+        }
 
     def _append_line(self, path: Path, entry: Mapping[str, Any]) -> None:
         line = json.dumps(entry, sort_keys=True, default=str) + "\n"
@@ -88,8 +79,8 @@ class BrokerState:
         event: CloudEvent,
         origin: str,
         parent: Mapping[str, Any] | None,
-        routes: Sequence[str],
-        unserved: Sequence[str],
+        queues: Sequence[str],
+        unserved: Sequence[str] = (),
     ) -> dict[str, Any] | None:
         with self.lock:
             if self.closed:
@@ -97,13 +88,13 @@ class BrokerState:
             key = (str(event["source"]), str(event["id"]))
             entry: dict[str, Any] = {
                 "seq": len(self.entries) + 1,
-                "received_at": deadletters.utc_now(),
+                "received_at": utc_now(),
                 "origin": origin,
                 "parent": dict(parent) if parent else None,
                 "duplicate": key in self.seen,
-                "routes": list(routes),
+                "routes": list(queues),
                 "unserved": list(unserved),
-                "event": event_to_record(event),
+                "event": event_as_json(event),
             }
             self._append_line(self.journal_path, entry)
             self.seen.add(key)
@@ -111,21 +102,31 @@ class BrokerState:
             self.changed.notify_all()
             return entry
 
-    def append_delivery(self, entry: dict[str, Any]) -> None:
+    def append_delivery(self, entry: dict[str, Any]) -> bool:
+        """Acknowledge a delivery; False once closed (the delivery will be redone)."""
         with self.lock:
             if self.closed:
-                return
+                return False
             self._append_line(self.deliveries_path, entry)
             self.deliveries.append(entry)
             self.changed.notify_all()
+            return True
 
-    def write_dead_letter(self, record: Mapping[str, Any]) -> Path | None:
+    def unfinished(self) -> list[tuple[dict[str, Any], str]]:
+        """(entry, queue) of every routed event without an acknowledgement, oldest first."""
         with self.lock:
-            if self.closed:
-                return None
-            path = deadletters.write_record(self.state_dir, record)
-            self.changed.notify_all()
-            return path
+            finished = {(int(d["seq"]), str(d["queue"])) for d in self.deliveries if "queue" in d}
+            finished |= {
+                (int(e["parent"]["seq"]), str(e["parent"]["queue"]))
+                for e in self.entries
+                if e.get("parent") and "queue" in e["parent"]
+            }
+            return [
+                (entry, queue)
+                for entry in self.entries
+                for queue in entry.get("routes", [])
+                if (int(entry["seq"]), queue) not in finished
+            ]
 
     def close(self) -> None:
         """Wait for a write in progress, then refuse all further writes."""

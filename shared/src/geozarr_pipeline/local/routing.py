@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urljoin, urlparse
 
+from geozarr_pipeline.local.dispatch import backoff_seconds
+
 TRIGGER_API_GROUP = "eventing.knative.dev"
 PARALLELISM_ANNOTATION = "rabbitmq.eventing.knative.dev/parallelism"
 MANIFEST_SUFFIXES = (".yaml", ".yml")
@@ -70,16 +72,8 @@ class DeliverySpec:
     dead_letter_sink: str | None = None
 
     def backoff(self, retry_number: int) -> float:
-        """Seconds to wait before retry number `retry_number` (1 for the first retry).
-
-        As the CloudEvents SDK used by the RabbitMQ dispatcher: exponential waits
-        delay * 2^n, linear waits delay * n.
-        """
-        if retry_number < 1:
-            raise ValueError("retry numbers start at 1")
-        if self.backoff_policy == "linear":
-            return self.backoff_delay * retry_number
-        return float(self.backoff_delay * 2**retry_number)
+        """Seconds to wait before retry number `retry_number` (1 for the first retry)."""
+        return backoff_seconds(self.backoff_policy, self.backoff_delay, retry_number)
 
 
 @dataclass(frozen=True)

@@ -1,13 +1,21 @@
-"""The whole pipeline on one machine: sample server, three functions, broker, raster server.
+"""The whole pipeline on one machine: sample server, three functions, failure recorder,
+broker, raster server.
 
 Every part is a real server process on a free loopback port, started here and stopped by
-its PID; the broker routes by the Trigger manifests in `knative/`.
+its PID; the broker routes by the Trigger manifests in `knative/`. A process that dies is
+started again on the same port (and the broker on the same state folder), as Kubernetes
+restarts a pod: the broker then redelivers what it had not finished.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import logging
+import os
+import signal
 import sys
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -20,15 +28,21 @@ from cloudevents.conversion import to_binary
 from cloudevents.http import CloudEvent
 
 from geozarr_pipeline.events import EventType
-from geozarr_pipeline.local.broker import default_manifests, wait_for_event
+from geozarr_pipeline.local.broker import default_manifests
+from geozarr_pipeline.local.client import wait_for_event
 from geozarr_pipeline.local.processes import (
     LOOPBACK,
     ManagedProcess,
+    ServiceFailed,
     free_port,
     http_ready,
     module_command,
 )
 
+log = logging.getLogger(__name__)
+
+FAILURE_RECORDER = "geozarr-failures"
+SUPERVISE_INTERVAL_SECONDS = 0.2
 FUNCTION_SERVICES = {
     "geozarr-convert": "geozarr_convert.main",
     "geozarr-register": "geozarr_register.main",
@@ -61,6 +75,16 @@ class LocalStack:
     ports: dict[str, int] = field(default_factory=dict)
     processes: list[ManagedProcess] = field(default_factory=list)
     urls: dict[str, str] = field(default_factory=dict)
+    # How often each component was started again after it died.
+    restarts: dict[str, int] = field(default_factory=dict)
+    _probes: dict[str, Callable[[], bool]] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _stopping: threading.Event = field(default_factory=threading.Event)
+    _supervisor: threading.Thread | None = None
+
+    @property
+    def failures_root(self) -> Path:
+        return self.root / "geozarr" / "_failures"
 
     @property
     def samples_dir(self) -> Path:
@@ -108,9 +132,49 @@ class LocalStack:
             env=env or {},
         ).start()
         self.processes.append(process)
-        process.wait_ready(http_ready(url + ready_path), timeout=120)
+        probe = http_ready(url + ready_path)
+        process.wait_ready(probe, timeout=120)
+        self._probes[name] = probe
         self.urls[name] = url
         return url
+
+    def process(self, name: str) -> ManagedProcess:
+        with self._lock:
+            return next(p for p in self.processes if p.name == name)
+
+    def kill(self, name: str) -> int:
+        """SIGKILL a component's process group (the supervisor starts it again); its old PID."""
+        pid = self.process(name).pid
+        os.killpg(pid, signal.SIGKILL)
+        return pid
+
+    def wait_restarted(self, name: str, old_pid: int, timeout: float = 120.0) -> None:
+        """Until a new process of the component answers its readiness probe."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            current = self.process(name)
+            if current.pid != old_pid and self._probes[name]():
+                return
+            time.sleep(0.1)
+        raise ServiceFailed(f"{name} was not restarted within {timeout}s")
+
+    def _supervise(self) -> None:
+        while not self._stopping.wait(SUPERVISE_INTERVAL_SECONDS):
+            with self._lock:
+                dead = [p for p in self.processes if p.process and p.process.poll() is not None]
+            for process in dead:
+                if self._stopping.is_set():
+                    return
+                log.warning("restarting a dead component", extra={"component": process.name})
+                replacement = ManagedProcess(
+                    name=process.name,
+                    command=process.command,
+                    log_path=process.log_path,
+                    env=process.env,
+                ).start()
+                with self._lock:
+                    self.processes[self.processes.index(process)] = replacement
+                    self.restarts[process.name] = self.restarts.get(process.name, 0) + 1
 
     def start(self) -> LocalStack:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -131,7 +195,13 @@ class LocalStack:
                 module_server("geozarr_pipeline.sample.server", "--root", str(self.samples_dir)),
                 "/healthz",
             )
-            subscribers: list[str] = []
+            recorder = self._start(
+                FAILURE_RECORDER,
+                module_server("geozarr_pipeline.failures.recorder"),
+                "/healthz",
+                env,
+            )
+            subscribers = ["--subscriber", f"{FAILURE_RECORDER}={recorder}"]
             for service, module in FUNCTION_SERVICES.items():
                 url = self._start(
                     service, partial(function_command, module, python=python), "/", env
@@ -149,9 +219,16 @@ class LocalStack:
         except BaseException:
             self.stop()
             raise
+        self._supervisor = threading.Thread(
+            target=self._supervise, name="stack-supervisor", daemon=True
+        )
+        self._supervisor.start()
         return self
 
     def stop(self) -> None:
+        self._stopping.set()
+        if self._supervisor is not None:
+            self._supervisor.join()
         for process in reversed(self.processes):
             process.stop()
         self.processes.clear()
@@ -185,7 +262,7 @@ class LocalStack:
     def wait_for(
         self, event_type: str, subject: str, timeout: float = 300.0, after: int = 0
     ) -> dict[str, Any]:
-        """The data of the first such event after journal seq `after`; raises DeadLettered."""
+        """The data of the first such event after journal seq `after`; raises RunFailed."""
         entry = wait_for_event(
             self.broker_url, event_type=event_type, subject=subject, timeout=timeout, after=after
         )

@@ -161,7 +161,7 @@ class S3Reader:
     """S3 through the output bucket's boto3 client, imported only when an s3:// store is read."""
 
     def __init__(self, bucket: str, prefix: str, settings: Settings) -> None:
-        from geozarr_pipeline.convert.storage import s3_client
+        from geozarr_pipeline.s3 import s3_client
 
         self.bucket = bucket
         self.prefix = prefix.strip("/")

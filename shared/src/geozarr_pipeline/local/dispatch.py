@@ -1,0 +1,68 @@
+"""What eventing-rabbitmq's Trigger dispatcher does with a subscriber's answer: one table.
+
+Read from knative-extensions/eventing-rabbitmq `pkg/dispatcher/dispatcher.go` (commit
+bd1ee997d372a3aae8fdcca10fbceb61cd4e9e32: `getStatus`, `dispatch`, `dispatchDLQ`) and
+knative/eventing `pkg/kncloudevents/retries.go` (commit
+8cf4c4b673034020f5ecab731fb6a2a7f9350244: `SelectiveRetry`), with the CloudEvents SDK's
+backoff (sdk-go `v2/context/retry.go`, `BackoffFor`: linear delay * n, exponential
+delay * 2^n before retry n). The local broker takes every decision from here.
+
+| subscriber's answer                       | decision     | then                          |
+|-------------------------------------------|--------------|-------------------------------|
+| 2xx without a CloudEvent                  | ack          | done                          |
+| 2xx with a CloudEvent                     | ack          | publish the reply             |
+| 2xx whose reply cannot be published       | dead-letter  | dest, code (2xx), data (why)  |
+| 404, 408, 409, 429, 5xx, timeout, no answer | retry      | backoff; when exhausted:      |
+|                                           |              | dead-letter with dest, code   |
+|                                           |              | (-1 without an answer)        |
+| any other (1xx, 3xx, 400, 422, ...)       | ack and drop | nothing published or recorded |
+
+A dead letter goes to the Trigger's dead-letter queue, whose own dispatcher delivers it to
+the `deadLetterSink` with the same retries; when that fails too, or the Trigger has no sink,
+upstream acks and the event is gone (`dispatchDLQ`, `sendToRabbitMQ`).
+
+One deliberate difference: a reply whose type matches the Trigger that produced it would loop
+forever on the cluster; the local broker dead-letters it instead, loudly.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from geozarr_pipeline.errors import is_retryable_status
+
+# `knativeerrorcode` of an attempt that got no HTTP answer (getStatus returns -1).
+NO_STATUS = -1
+
+
+class Decision(StrEnum):
+    ACK = "ack"
+    RETRY = "retry"
+    DROP = "drop"
+
+
+class Outcome(StrEnum):
+    """How a delivery ended, as the delivery log records it."""
+
+    DELIVERED = "delivered"
+    DROPPED = "dropped"
+    DEAD_LETTERED = "dead-lettered"
+    LOST = "lost"
+
+
+def decide(status: int | None) -> Decision:
+    """The dispatcher's decision for one attempt's status (None: timeout or no answer)."""
+    if status is None or is_retryable_status(status):
+        return Decision.RETRY
+    if 200 <= status < 300:
+        return Decision.ACK
+    return Decision.DROP
+
+
+def backoff_seconds(policy: str, delay: float, retry_number: int) -> float:
+    """Seconds before retry `retry_number` (1 for the first retry)."""
+    if retry_number < 1:
+        raise ValueError("retry numbers start at 1")
+    if policy == "linear":
+        return delay * retry_number
+    return float(delay * 2**retry_number)

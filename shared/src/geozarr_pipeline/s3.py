@@ -1,0 +1,45 @@
+"""The one boto3 S3 client of the pipeline (output stores, their readers, failure records).
+
+boto3 is imported on first use: only deployments that write to S3 install it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from geozarr_pipeline.config import Settings
+
+# boto3 ships no type stubs here; the client is dynamically typed.
+S3Client = Any
+
+DEFAULT_POOL_CONNECTIONS = 10
+NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
+
+
+def s3_client(settings: Settings, pool_connections: int = DEFAULT_POOL_CONNECTIONS) -> S3Client:
+    """A client for the configured endpoint; `pool_connections` per concurrent caller thread."""
+    import boto3  # type: ignore[import-untyped]
+    from botocore.config import Config  # type: ignore[import-untyped]
+
+    secret = settings.s3_secret_access_key
+    client: S3Client = boto3.client(
+        "s3",
+        endpoint_url=settings.s3_endpoint_url,
+        region_name=settings.s3_region or "us-east-1",
+        aws_access_key_id=settings.s3_access_key_id,
+        aws_secret_access_key=secret.get_secret_value() if secret else None,
+        config=Config(
+            retries={"max_attempts": 3, "mode": "standard"},
+            connect_timeout=10,
+            max_pool_connections=pool_connections,
+        ),
+    )
+    return client
+
+
+def error_code(exc: Exception) -> str:
+    """The S3 error code of a botocore ClientError ('' for any other exception)."""
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        return str(response.get("Error", {}).get("Code", ""))
+    return ""
