@@ -7,9 +7,12 @@ Declares a durable queue bound to the `geozarr` topic exchange with `eopf.items.
 each message into a CloudEvent as eventing-rabbitmq's source does: a message without `ce-*`
 headers becomes `dev.knative.rabbitmq.event` with a random id and the body as data; a message
 with `ce-*` headers passes its CloudEvent through unchanged. The event is POSTed in binary
-mode to the broker ingress; the message is acknowledged once the broker accepted it, rejected
-without requeue (one clear log line) when it is not valid, so the queue never blocks, and
-requeued when the broker is unreachable after a few tries.
+mode to the broker ingress with the RabbitmqSource's `spec.delivery` retries (read from the
+same manifest, `knative/base/source.yaml`), and the message is acknowledged once the broker
+accepted it. As the upstream adapter does (`local/dispatch.py`), a message that is not a valid
+event, or that the broker does not accept after the retries, is nacked without requeue: the
+queue's dead-letter exchange (`<queue>-dlx`, declared here with its queue `<queue>-dead`)
+keeps it, so the queue never blocks and nothing is lost while the broker is down.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from http.server import ThreadingHTTPServer
+from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -32,6 +36,8 @@ import httpx
 
 from geozarr_pipeline.events import SPEC_VERSION, EventType
 from geozarr_pipeline.jsonhttp import JsonRequestHandler
+from geozarr_pipeline.local.dispatch import source_retries
+from geozarr_pipeline.local.routing import DeliverySpec, ManifestError, load_source_delivery
 from geozarr_pipeline.logs import configure_logging
 
 if TYPE_CHECKING:
@@ -42,6 +48,10 @@ log = logging.getLogger(__name__)
 
 DEFAULT_EXCHANGE = "geozarr"
 DEFAULT_QUEUE = "geozarr-items-local"
+DEAD_LETTER_EXCHANGE_SUFFIX = "-dlx"
+DEAD_LETTER_QUEUE_SUFFIX = "-dead"
+# When no manifest is given: the adapter's defaults (HTTP_SENDER_BACKOFF_DELAY PT0.2S).
+DEFAULT_DELIVERY = DeliverySpec(retry=5, backoff_policy="exponential", backoff_delay=0.2)
 DEFAULT_ROUTING_KEYS = ("eopf.items.*",)
 DEFAULT_SOURCE = "/apis/v1/namespaces/local/rabbitmqsources/geozarr-items"
 REQUIRED = ("specversion", "id", "source", "type")
@@ -142,7 +152,7 @@ class Bridge:
         routing_keys: Sequence[str] = DEFAULT_ROUTING_KEYS,
         source: str = DEFAULT_SOURCE,
         prefetch: int = 1,
-        post_attempts: int = 5,
+        delivery: DeliverySpec = DEFAULT_DELIVERY,
         post_timeout: float = 30.0,
     ) -> None:
         self.amqp_url = amqp_url
@@ -152,10 +162,12 @@ class Bridge:
         self.routing_keys = tuple(routing_keys)
         self.source = source
         self.prefetch = prefetch
-        self.post_attempts = post_attempts
+        self.delivery = delivery
+        self.dead_letter_exchange = queue + DEAD_LETTER_EXCHANGE_SUFFIX
+        self.dead_letter_queue = queue + DEAD_LETTER_QUEUE_SUFFIX
         self.stopping = threading.Event()
         self.consuming = threading.Event()
-        self.counts = {"forwarded": 0, "rejected": 0, "requeued": 0}
+        self.counts = {"forwarded": 0, "rejected": 0, "dead_lettered": 0}
         self._client = httpx.Client(timeout=post_timeout, trust_env=False)
 
     def stop(self) -> None:
@@ -163,38 +175,47 @@ class Bridge:
 
     def _declare(self, channel: BlockingChannel) -> None:
         channel.exchange_declare(self.exchange, exchange_type="topic", durable=True)
-        channel.queue_declare(self.queue, durable=True)
+        channel.exchange_declare(self.dead_letter_exchange, exchange_type="fanout", durable=True)
+        channel.queue_declare(self.dead_letter_queue, durable=True)
+        channel.queue_bind(self.dead_letter_queue, self.dead_letter_exchange)
+        channel.queue_declare(
+            self.queue,
+            durable=True,
+            arguments={"x-dead-letter-exchange": self.dead_letter_exchange},
+        )
         for key in self.routing_keys:
             channel.queue_bind(self.queue, self.exchange, routing_key=key)
         channel.basic_qos(prefetch_count=self.prefetch)
 
     def _post(self, outgoing: Outgoing) -> int | None:
-        """The broker's status, retrying connection errors and 5xx; None if never reached."""
+        """The broker's last status (None if never reached), with the source's retries."""
         status: int | None = None
-        for attempt in range(1, self.post_attempts + 1):
-            if attempt > 1 and self.stopping.wait(min(0.2 * 2 ** (attempt - 1), 5.0)):
+        for attempt in range(1, self.delivery.retry + 2):
+            if attempt > 1 and self.stopping.wait(self.delivery.backoff(attempt - 1)):
                 break
             try:
                 response = self._client.post(
                     self.broker_url, headers=outgoing.headers, content=outgoing.body
                 )
-                status = response.status_code
-                if status < 500:
-                    if status >= 400:
-                        log.error(
-                            "message rejected: the broker refused the event",
-                            extra={
-                                "event_id": outgoing.event_id,
-                                "status": status,
-                                "answer": response.text[:300],
-                            },
-                        )
-                    return status
             except httpx.HTTPError as exc:
+                status = None
                 log.warning(
                     "broker unreachable",
                     extra={"attempt": attempt, "error": str(exc), "broker_url": self.broker_url},
                 )
+                continue
+            status = response.status_code
+            if not source_retries(status):
+                if not 200 <= status < 300:
+                    log.error(
+                        "the broker refused the event",
+                        extra={
+                            "event_id": outgoing.event_id,
+                            "status": status,
+                            "answer": response.text[:300],
+                        },
+                    )
+                return status
         return status
 
     def on_message(
@@ -213,14 +234,14 @@ class Bridge:
             outgoing = to_event(properties, body, source=self.source)
         except InvalidMessage as exc:
             log.error(
-                f"message rejected (not requeued): {exc}",
+                f"message rejected to {self.dead_letter_exchange}: {exc}",
                 extra={
                     **context,
                     "reason": str(exc),
                     "body_head": body[:200].decode(errors="replace"),
                 },
             )
-            channel.basic_reject(method.delivery_tag, requeue=False)
+            channel.basic_nack(method.delivery_tag, requeue=False)
             self.counts["rejected"] += 1
             return
         status = self._post(outgoing)
@@ -231,13 +252,13 @@ class Bridge:
                 "message forwarded",
                 extra={**context, "event_id": outgoing.event_id, "event_type": outgoing.event_type},
             )
-        elif status is not None and 400 <= status < 500:
-            channel.basic_reject(method.delivery_tag, requeue=False)
-            self.counts["rejected"] += 1
-        else:
-            channel.basic_nack(method.delivery_tag, requeue=True)
-            self.counts["requeued"] += 1
-            log.warning("message requeued: broker unavailable", extra={**context, "status": status})
+            return
+        channel.basic_nack(method.delivery_tag, requeue=False)
+        self.counts["dead_lettered"] += 1
+        log.error(
+            f"message dead-lettered to {self.dead_letter_exchange}: the broker did not accept it",
+            extra={**context, "event_id": outgoing.event_id, "status": status},
+        )
 
     def run(self) -> None:
         """Consume until stop(); reconnect after a lost connection."""
@@ -314,6 +335,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--source", default=DEFAULT_SOURCE, help="ce-source of plain messages")
     parser.add_argument("--prefetch", type=int, default=1)
+    parser.add_argument(
+        "--manifests",
+        type=Path,
+        default=None,
+        help="Knative manifests whose RabbitmqSource spec.delivery sets the retries "
+        "(default: <repo>/knative/base)",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="health endpoint address")
     parser.add_argument(
         "--health-port",
@@ -326,6 +354,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     configure_logging(args.log_level)
+    from geozarr_pipeline.local.broker import default_manifests
+
+    try:
+        delivery = load_source_delivery(args.manifests or default_manifests())
+    except ManifestError as exc:
+        log.error("cannot start the amqp bridge", extra={"error": str(exc)})
+        return 2
     bridge = Bridge(
         args.amqp_url,
         args.broker_url,
@@ -334,6 +369,7 @@ def run(args: argparse.Namespace) -> int:
         routing_keys=args.routing_key or DEFAULT_ROUTING_KEYS,
         source=args.source,
         prefetch=args.prefetch,
+        delivery=delivery,
     )
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

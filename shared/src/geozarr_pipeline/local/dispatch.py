@@ -66,3 +66,16 @@ def backoff_seconds(policy: str, delay: float, retry_number: int) -> float:
     if policy == "linear":
         return delay * retry_number
     return float(delay * 2**retry_number)
+
+
+# The RabbitmqSource adapter (eventing-rabbitmq pkg/adapter/adapter.go `postMessage`, commit
+# bd1ee997) sends with the CloudEvents SDK's default retry rule, not SelectiveRetry: sdk-go
+# v2 protocol/http/protocol.go `defaultRetriableErrors`, plus connection errors and
+# timeouts. When the send is not acked it nacks without requeue (`processMessages`): the
+# message goes to the queue's dead-letter exchange, or is gone if the queue has none.
+SOURCE_RETRIED_STATUSES = frozenset({404, 413, 425, 429, 502, 503, 504})
+
+
+def source_retries(status: int | None) -> bool:
+    """Whether the source adapter sends again after this answer (None: no answer)."""
+    return status is None or status in SOURCE_RETRIED_STATUSES

@@ -239,3 +239,24 @@ def parse_subscriber_options(options: list[str]) -> dict[str, str]:
             )
         mapping[name.strip()] = url.strip()
     return mapping
+
+
+SOURCE_KIND = "RabbitmqSource"
+
+
+def load_source_delivery(manifests: Path, name: str | None = None) -> DeliverySpec:
+    """`spec.delivery` of the RabbitmqSource (the one named `name`, or the only one)."""
+    found = [
+        (path, document)
+        for path, document in iter_manifest_documents(manifests)
+        if document.get("kind") == SOURCE_KIND
+        and (name is None or (document.get("metadata") or {}).get("name") == name)
+    ]
+    if len(found) != 1:
+        raise ManifestError(
+            f"{manifests}: expected one {SOURCE_KIND}{f' named {name}' if name else ''}, "
+            f"found {len(found)}"
+        )
+    path, document = found[0]
+    source_name = str((document.get("metadata") or {}).get("name"))
+    return _delivery(path, source_name, (document.get("spec") or {}).get("delivery"))
