@@ -7,4 +7,5 @@ pytest_plugins = [
     "tests.fixtures.rabbitmq",
     "tests.fixtures.stack",
     "tests.fixtures.visual",
+    "tests.fixtures.failures",
 ]
