@@ -22,11 +22,14 @@ from cloudevents.http import CloudEvent
 
 from geozarr_pipeline import cli
 from geozarr_pipeline.events import EventType, Stage, reply_id
-from geozarr_pipeline.local.broker import DeadLettered, wait_for_event
-from geozarr_pipeline.local.journal import matches_query
+from geozarr_pipeline.local.client import RunFailed, wait_for_event
+from geozarr_pipeline.local.dispatch import Decision, decide
+from geozarr_pipeline.local.journal import BrokerState, matches_query
 from geozarr_pipeline.local.processes import ManagedProcess, free_port, http_ready
+from tests.fixtures.failures import RecorderFactory
 
 REPO_TRIGGERS = Path(__file__).resolve().parents[3] / "knative" / "base" / "triggers.yaml"
+RECORDER = "geozarr-failures"
 CONVERT_REQUESTED = EventType.CONVERT_REQUESTED.value
 CONVERT_DONE = EventType.CONVERT_DONE.value
 REGISTER_DONE = EventType.REGISTER_DONE.value
@@ -189,12 +192,17 @@ class Broker:
         assert response.status_code == 200, response.text
         return response.json()
 
+    def dead_letters(self) -> list[dict[str, Any]]:
+        """The dead letters the broker journaled (each also queued for the sink)."""
+        found: list[dict[str, Any]] = self.get("/events", origin="dead-letter")
+        return found
+
     def wait_dead_letters(self, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
         deadline = time.monotonic() + timeout
         while True:
-            records: list[dict[str, Any]] = self.get("/dead-letters")
-            if len(records) >= count or time.monotonic() > deadline:
-                return records
+            entries = self.dead_letters()
+            if len(entries) >= count or time.monotonic() > deadline:
+                return entries
             time.sleep(0.05)
 
     def wait_deliveries(self, count: int, timeout: float = 10.0, **query: str) -> list[Any]:
@@ -261,6 +269,9 @@ def triggers_copy(
         document["spec"]["delivery"].update(
             {"retry": 2, "backoffDelay": "PT0.05S", "timeout": "PT5S", **delivery}
         )
+        document["spec"]["delivery"]["deadLetterSink"] = {
+            "ref": {"apiVersion": "serving.knative.dev/v1", "kind": "Service", "name": RECORDER}
+        }
         if change is not None:
             change(document)
     (directory / "triggers.yaml").write_text(yaml.safe_dump_all(documents))
@@ -407,7 +418,7 @@ def test_reply_events_are_republished_and_run_the_repo_chain_to_augment_done(
         )
     )
     wait_for_event(broker.url, event_type=AUGMENT_DONE, subject="chain-2", timeout=20)
-    assert broker.get("/dead-letters") == []
+    assert broker.dead_letters() == []
 
 
 def test_routes_follow_a_modified_copy_of_the_trigger_file(
@@ -485,57 +496,101 @@ def test_transient_failures_are_retried_as_the_trigger_says_then_succeed(
     [delivery] = broker.wait_deliveries(1, trigger="geozarr-register")
     assert delivery["outcome"] == "delivered"
     assert [a["status"] for a in delivery["attempts"]] == [503, 503, 200]
-    assert broker.get("/dead-letters") == []
+    assert broker.dead_letters() == []
 
 
-def test_a_subscriber_that_keeps_failing_ends_in_one_dead_letter_listed_by_the_cli(
+def test_a_subscriber_that_keeps_failing_ends_in_one_failure_record_listed_by_the_cli(
     tmp_path: Path,
     subscribers: Callable[[Responder], Subscriber],
     start_broker: BrokerFactory,
+    start_recorder: RecorderFactory,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     register = subscribers(lambda s, r: answer(500, {"error": "internal_error", "message": "boom"}))
+    recorder = start_recorder()
     manifests = triggers_copy(tmp_path / "manifests", retry=2, backoffDelay="PT0.05S")
-    broker = start_broker(manifests, {"geozarr-register": register.url}, console_script=True)
+    broker = start_broker(
+        manifests,
+        {"geozarr-register": register.url, RECORDER: recorder.url},
+        console_script=True,
+    )
     sent = event(CONVERT_DONE, "doomed-1", output_url="file:///tmp/x")
     broker.send(sent)
 
-    with pytest.raises(DeadLettered, match="retries_exhausted"):
+    with pytest.raises(RunFailed, match="dead-lettered by geozarr-register: last status 500"):
         wait_for_event(broker.url, event_type=REGISTER_DONE, subject="doomed-1", timeout=10)
-    [record] = broker.wait_dead_letters(1)
-    time.sleep(0.5)
+    [dead] = broker.wait_dead_letters(1)
+    attributes = dead["event"]["attributes"]
+    assert attributes["knativeerrordest"] == register.url
+    assert attributes["knativeerrorcode"] == "500"
+    assert "knativeerrordata" not in attributes, "upstream sends no response body"
+    [delivery] = broker.wait_deliveries(1, queue="geozarr-register")
+    assert delivery["outcome"] == "dead-lettered"
+    assert [a["status"] for a in delivery["attempts"]] == [500, 500, 500]
+    [to_sink] = broker.wait_deliveries(1, queue="geozarr-register.dlq")
+    assert to_sink["outcome"] == "delivered"
+    assert to_sink["url"] == recorder.url
+    time.sleep(0.3)
     assert len(register.attempts()) == 3
-    files = sorted((broker.state_dir / "dead-letters").iterdir())
-    assert [f.suffix for f in files] == [".json"]
-    on_disk = json.loads(files[0].read_text())
-    assert on_disk["record_id"] == record["record_id"]
-    assert record["reason"] == "retries_exhausted"
-    assert record["trigger"] == "geozarr-register"
-    assert record["subscriber"] == {"service": "geozarr-register", "url": register.url}
-    assert record["attempts"] == 3
-    assert [a["status"] for a in record["attempt_log"]] == [500, 500, 500]
-    assert record["last_status"] == 500
-    assert "boom" in record["response_body"]
-    assert record["event"]["attributes"]["id"] == sent["id"]
-    assert record["event"]["attributes"]["type"] == CONVERT_DONE
-    assert record["event"]["data"]["output_url"] == "file:///tmp/x"
-    assert record["knative_extensions"]["knativeerrorcode"] == "500"
-    assert record["first_attempt_at"] <= record["last_attempt_at"] <= record["recorded_at"]
 
-    assert cli.main(["dead-letters", "list", "--state-dir", str(broker.state_dir)]) == 0
+    [record] = recorder.records()
+    assert record["kind"] == "dead_letter"
+    assert record["stage"] == "register"
+    assert record["problem"]["code"] == "retries_exhausted"  # type: ignore[index]
+    assert record["problem"]["status"] == 500  # type: ignore[index]
+    assert record["input_event"]["attributes"]["id"] == sent["id"]  # type: ignore[index]
+    assert record["input_event"]["data"]["output_url"] == "file:///tmp/x"  # type: ignore[index]
+
+    assert cli.main(["failures", "list", "--root", recorder.root]) == 0
     table = capsys.readouterr().out.splitlines()
-    assert table[0].split()[:3] == ["RECORDED", "TRIGGER", "TYPE"]
     assert len(table) == 2
-    for expected in ("geozarr-register", CONVERT_DONE, "doomed-1", "500", "retries_exhausted"):
+    for expected in ("register", "doomed-1", "dead_letter", "retries_exhausted"):
         assert expected in table[1]
-    assert cli.main(["dead-letters", "list", "--state-dir", str(broker.state_dir), "--json"]) == 0
-    listed = json.loads(capsys.readouterr().out)
-    assert [r["record_id"] for r in listed] == [record["record_id"]]
 
 
-def test_status_codes_steer_retries_like_the_rabbitmq_dispatcher(
+# The decision table, pinned to eventing-rabbitmq pkg/dispatcher/dispatcher.go getStatus and
+# knative/eventing pkg/kncloudevents/retries.go SelectiveRetry (commits in local/dispatch.py).
+UPSTREAM_DECISIONS = {
+    None: Decision.RETRY,  # timeout, connection refused: no HTTP result, code -1
+    100: Decision.DROP,
+    200: Decision.ACK,
+    202: Decision.ACK,
+    204: Decision.ACK,
+    301: Decision.DROP,
+    304: Decision.DROP,
+    400: Decision.DROP,
+    401: Decision.DROP,
+    403: Decision.DROP,
+    404: Decision.RETRY,
+    408: Decision.RETRY,
+    409: Decision.RETRY,
+    410: Decision.DROP,
+    413: Decision.DROP,
+    422: Decision.DROP,
+    429: Decision.RETRY,
+    500: Decision.RETRY,
+    502: Decision.RETRY,
+    503: Decision.RETRY,
+    504: Decision.RETRY,
+    599: Decision.RETRY,
+}
+
+
+@pytest.mark.parametrize(("status", "decision"), list(UPSTREAM_DECISIONS.items()))
+def test_each_status_is_decided_as_the_upstream_dispatcher_does(
+    status: int | None, decision: Decision
+) -> None:
+    assert decide(status) is decision
+
+
+def test_status_codes_steer_retries_and_drops_like_the_rabbitmq_dispatcher(
     tmp_path: Path, subscribers: Callable[[Responder], Subscriber], start_broker: BrokerFactory
 ) -> None:
+    """A bare 4xx is acked and dropped, never dead-lettered: exactly what upstream does.
+
+    This is why the stages answer permanent failures with an eopf.geozarr.failed reply.
+    """
+
     def first_fails(subscriber: Subscriber, request: Received) -> Reply:
         code = int(request.subject.removeprefix("status-"))
         if len(subscriber.attempts(request.subject)) == 1:
@@ -545,35 +600,26 @@ def test_status_codes_steer_retries_like_the_rabbitmq_dispatcher(
     register = subscribers(first_fails)
     sink = subscribers(lambda s, r: answer(202))
     manifests = triggers_copy(tmp_path / "manifests", retry=1, backoffDelay="PT0.05S")
-    broker = start_broker(
-        manifests, {"geozarr-register": register.url, "geozarr-dead-letters": sink.url}
-    )
+    broker = start_broker(manifests, {"geozarr-register": register.url, RECORDER: sink.url})
     retried = [404, 408, 409, 429, 500, 503]
-    not_retried = [400, 403, 410, 422]
-    for code in retried + not_retried:
+    dropped = [301, 400, 403, 410, 422]
+    for code in retried + dropped:
         broker.send(event(CONVERT_DONE, f"status-{code}"))
-    broker.wait_deliveries(len(retried + not_retried))
-    records = {r["event"]["attributes"]["subject"]: r for r in broker.get("/dead-letters")}
+    deliveries = broker.wait_deliveries(len(retried + dropped), queue="geozarr-register")
+    outcomes = {d["event"]["subject"]: d for d in deliveries}
 
     for code in retried:
         assert len(register.attempts(f"status-{code}")) == 2, code
-        assert f"status-{code}" not in records
-    for code in not_retried:
+        assert outcomes[f"status-{code}"]["outcome"] == "delivered"
+    for code in dropped:
         assert len(register.attempts(f"status-{code}")) == 1, code
-        record = records[f"status-{code}"]
-        assert record["reason"] == "non_retryable_status"
-        assert record["last_status"] == code
-        assert record["attempts"] == 1
-        assert f"scripted {code}" in record["response_body"]
-        assert record["sink"]["status"] == 202
-        [forwarded] = sink.attempts(f"status-{code}")
-        assert forwarded.headers["ce-knativeerrorcode"] == str(code)
-        assert forwarded.headers["ce-knativeerrordest"] == register.url
-        assert forwarded.headers["ce-id"] == record["event"]["attributes"]["id"]
-    assert len(sink.attempts()) == len(not_retried)
+        assert outcomes[f"status-{code}"]["outcome"] == "dropped"
+    time.sleep(0.3)
+    assert broker.dead_letters() == []
+    assert sink.attempts() == []
 
 
-def test_bad_replies_are_dead_lettered_not_published(
+def test_a_reply_that_cannot_be_published_is_dead_lettered_with_the_reason(
     tmp_path: Path, subscribers: Callable[[Responder], Subscriber], start_broker: BrokerFactory
 ) -> None:
     def bad_reply(subscriber: Subscriber, request: Received) -> Reply:
@@ -587,20 +633,25 @@ def test_bad_replies_are_dead_lettered_not_published(
         return 200, {k: str(v) for k, v in headers.items()}, body or b""
 
     register = subscribers(bad_reply)
+    sink = subscribers(lambda s, r: answer(202))
     manifests = triggers_copy(tmp_path / "manifests")
-    broker = start_broker(manifests, {"geozarr-register": register.url})
+    broker = start_broker(manifests, {"geozarr-register": register.url, RECORDER: sink.url})
     broker.send(event(CONVERT_DONE, "half-event"))
     broker.send(event(CONVERT_DONE, "loop-event"))
 
-    records = {r["event"]["attributes"]["subject"]: r for r in broker.wait_dead_letters(2)}
-    assert records["half-event"]["reason"] == "invalid_reply"
-    assert "missing CloudEvent attribute" in records["half-event"]["last_error"]
-    assert records["loop-event"]["reason"] == "reply_loop"
-    assert records["half-event"]["attempts"] == records["loop-event"]["attempts"] == 1
-    assert [e["origin"] for e in broker.get("/events")] == ["ingress", "ingress"]
+    sink.wait_for(2)
+    forwarded = {r.subject: r.headers for r in sink.attempts()}
+    half, loop = forwarded["half-event"], forwarded["loop-event"]
+    assert half["ce-knativeerrorcode"] == loop["ce-knativeerrorcode"] == "200"
+    assert half["ce-knativeerrordest"] == register.url
+    assert "missing CloudEvent attribute" in half["ce-knativeerrordata"]
+    assert "matches its own Trigger" in loop["ce-knativeerrordata"]
+    assert len(register.attempts()) == 2
+    origins = [e["origin"] for e in broker.get("/events")]
+    assert sorted(origins) == ["dead-letter", "dead-letter", "ingress", "ingress"]
 
 
-def test_timeouts_and_connection_errors_are_retried(
+def test_timeouts_and_connection_errors_are_retried_then_dead_lettered_with_code_minus_1(
     tmp_path: Path, subscribers: Callable[[Responder], Subscriber], start_broker: BrokerFactory
 ) -> None:
     def slow_first(subscriber: Subscriber, request: Received) -> Reply:
@@ -609,24 +660,48 @@ def test_timeouts_and_connection_errors_are_retried(
         return answer(200)
 
     register = subscribers(slow_first)
+    sink = subscribers(lambda s, r: answer(202))
     manifests = triggers_copy(tmp_path / "manifests", timeout="PT0.4S", retry=2)
     nobody = f"http://127.0.0.1:{free_port()}"
-    broker = start_broker(manifests, {"geozarr-register": register.url, "geozarr-convert": nobody})
+    broker = start_broker(
+        manifests,
+        {"geozarr-register": register.url, "geozarr-convert": nobody, RECORDER: sink.url},
+    )
     broker.send(event(CONVERT_DONE, "slow-1"))
     broker.send(event(CONVERT_REQUESTED, "refused-1", source_url="http://x/refused-1"))
 
-    [delivered] = broker.wait_deliveries(1, trigger="geozarr-register")
+    [delivered] = broker.wait_deliveries(1, queue="geozarr-register")
     assert delivered["outcome"] == "delivered"
     assert delivered["attempts"][0]["status"] is None
     assert delivered["attempts"][0]["error"].startswith("timeout")
     assert delivered["attempts"][0]["elapsed_s"] < 2.5
     assert delivered["attempts"][1]["status"] == 200
 
-    [record] = broker.wait_dead_letters(1)
-    assert record["trigger"] == "geozarr-convert"
-    assert record["attempts"] == 3
-    assert record["last_status"] is None
-    assert "ConnectError" in record["last_error"]
+    sink.wait_for(1, subject="refused-1")
+    [forwarded] = sink.attempts("refused-1")
+    assert forwarded.headers["ce-knativeerrorcode"] == "-1"
+    assert forwarded.headers["ce-knativeerrordest"] == nobody
+    [failed] = broker.wait_deliveries(1, queue="geozarr-convert")
+    assert len(failed["attempts"]) == 3
+    assert "ConnectError" in failed["attempts"][-1]["error"]
+
+
+def test_a_dead_letter_the_sink_refuses_is_lost_as_upstream(
+    tmp_path: Path, subscribers: Callable[[Responder], Subscriber], start_broker: BrokerFactory
+) -> None:
+    register = subscribers(lambda s, r: answer(503))
+    sink = subscribers(lambda s, r: answer(503))
+    manifests = triggers_copy(tmp_path / "manifests", retry=1)
+    broker = start_broker(manifests, {"geozarr-register": register.url, RECORDER: sink.url})
+    broker.send(event(CONVERT_DONE, "lost-1"))
+    [to_sink] = broker.wait_deliveries(1, queue="geozarr-register.dlq")
+    assert to_sink["outcome"] == "lost"
+    assert len(sink.attempts("lost-1")) == 2
+    # No sink known at all: the dead letter has nowhere to go either.
+    alone = start_broker(manifests, {"geozarr-register": register.url})
+    alone.send(event(CONVERT_DONE, "lost-2"))
+    [delivery] = alone.wait_deliveries(1, queue="geozarr-register")
+    assert delivery["outcome"] == "lost"
 
 
 def test_parallelism_annotation_sets_concurrency_and_ingress_never_blocks(
@@ -659,7 +734,7 @@ def test_parallelism_annotation_sets_concurrency_and_ingress_never_blocks(
     assert register.max_active == 1
 
 
-def test_sigterm_stops_quickly_and_leaves_nothing_half_written(
+def test_sigterm_stops_quickly_and_a_restart_redelivers_what_was_not_acknowledged(
     tmp_path: Path, subscribers: Callable[[Responder], Subscriber], start_broker: BrokerFactory
 ) -> None:
     def hang(subscriber: Subscriber, request: Received) -> Reply:
@@ -678,8 +753,7 @@ def test_sigterm_stops_quickly_and_leaves_nothing_half_written(
     elapsed = time.monotonic() - started
     assert broker.process.process is not None
     assert broker.process.process.returncode == 0
-    assert elapsed < 6.0, "in-flight deliveries must be dropped, not awaited"
-    assert list((broker.state_dir / "dead-letters").iterdir()) == []
+    assert elapsed < 6.0, "in-flight deliveries must be left for redelivery, not awaited"
     journal = (broker.state_dir / "events.jsonl").read_text().splitlines()
     assert [json.loads(line)["event"]["attributes"]["subject"] for line in journal] == [
         "stop-0",
@@ -690,19 +764,72 @@ def test_sigterm_stops_quickly_and_leaves_nothing_half_written(
     assert not deliveries.exists() or deliveries.read_text() == ""
     assert "local broker stopped" in broker.process.log_tail()
 
-    # A restarted broker continues the journal and still knows what it has seen.
-    register.respond = lambda s, r: answer(200)
+    register.respond = lambda s, r: stage_reply(Stage.REGISTER, r)
     again = start_broker(manifests, {"geozarr-register": register.url}, state_dir=broker.state_dir)
+    done = again.wait_deliveries(3, queue="geozarr-register")
+    assert sorted(d["event"]["subject"] for d in done) == ["stop-0", "stop-1", "stop-2"]
+    assert {d["outcome"] for d in done} == {"delivered"}
+    replies = again.get("/events", type=REGISTER_DONE)
+    assert sorted(e["event"]["attributes"]["subject"] for e in replies) == [
+        "stop-0",
+        "stop-1",
+        "stop-2",
+    ]
     accepted = again.send(event(CONVERT_DONE, "stop-0"))
-    assert (accepted["seq"], accepted["duplicate"]) == (4, True)
-    with pytest.raises(TimeoutError):
-        wait_for_event(
-            again.url, event_type=CONVERT_DONE, subject="stop-0", after=accepted["seq"], timeout=1
-        )
-    seen = wait_for_event(
-        again.url, event_type=CONVERT_DONE, subject="stop-0", after=accepted["seq"] - 1
-    )
-    assert seen["seq"] == 4
+    assert (accepted["seq"], accepted["duplicate"]) == (7, True)
+
+
+def test_kill_9_mid_delivery_then_restart_delivers_once_more_and_never_twice_after_ack(
+    tmp_path: Path, subscribers: Callable[[Responder], Subscriber], start_broker: BrokerFactory
+) -> None:
+    release = threading.Event()
+
+    def held(subscriber: Subscriber, request: Received) -> Reply:
+        if request.subject == "held" and not release.is_set():
+            time.sleep(30)
+        return stage_reply(Stage.REGISTER, request)
+
+    register = subscribers(held)
+    manifests = triggers_copy(tmp_path / "manifests", timeout="PT60S")
+    broker = start_broker(manifests, {"geozarr-register": register.url})
+    broker.send(event(CONVERT_DONE, "acked"))
+    broker.wait_deliveries(1, queue="geozarr-register")
+    broker.send(event(CONVERT_DONE, "held"))
+    register.wait_for(1, subject="held")
+    assert broker.process.process is not None
+    broker.process.process.kill()
+    broker.process.process.wait(timeout=10)
+
+    release.set()
+    again = start_broker(manifests, {"geozarr-register": register.url}, state_dir=broker.state_dir)
+    reply = wait_for_event(again.url, event_type=REGISTER_DONE, subject="held", timeout=15)
+    assert reply["parent"]["id"] == "held-" + CONVERT_DONE
+    time.sleep(0.5)
+    assert len(register.attempts("held")) == 2
+    assert len(register.attempts("acked")) == 1, "an acknowledged delivery is not redone"
+    assert len(again.get("/events", type=REGISTER_DONE, subject="acked")) == 1
+
+
+def test_the_journal_survives_a_torn_line_and_a_journaled_reply_counts_as_delivered(
+    tmp_path: Path,
+) -> None:
+    state = BrokerState(tmp_path)
+    first = state.append_event(event(CONVERT_DONE, "one"), "ingress", None, ["geozarr-register"])
+    second = state.append_event(event(CONVERT_DONE, "two"), "ingress", None, ["geozarr-register"])
+    assert first is not None
+    assert second is not None
+    parent = {"seq": first["seq"], "queue": "geozarr-register"}
+    state.append_event(event(REGISTER_DONE, "one"), "reply", parent, [])
+    state.close()
+    with (tmp_path / "events.jsonl").open("a") as handle:
+        handle.write('{"seq": 4, "torn')
+
+    reopened = BrokerState(tmp_path)
+    assert [e["seq"] for e in reopened.entries] == [1, 2, 3]
+    assert [(e["seq"], q) for e, q in reopened.unfinished()] == [(2, "geozarr-register")]
+    reopened.append_event(event(CONVERT_DONE, "three"), "ingress", None, [])
+    lines = (tmp_path / "events.jsonl").read_text().splitlines()
+    assert [json.loads(line)["seq"] for line in lines] == [1, 2, 3, 4]
 
 
 def test_queries_match_entry_fields_and_event_attributes() -> None:
