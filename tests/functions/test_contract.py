@@ -18,6 +18,7 @@ from geozarr_pipeline.events import (
     EventType,
     RegisterDone,
     Stage,
+    StageFailed,
 )
 from geozarr_pipeline.local.stack import LocalStack
 from tests.fixtures.stack import ChainRun
@@ -92,7 +93,7 @@ def test_the_chain_reaches_augment_done_with_a_viewer(chain_run: ChainRun) -> No
     assert chain_run.augment_done["viewer_url"]
 
 
-MALFORMED = {
+NOT_CLOUDEVENTS = {
     "missing id": (
         {
             "ce-specversion": "1.0",
@@ -101,9 +102,17 @@ MALFORMED = {
             "content-type": "application/json",
         },
         b'{"source_url": "https://example.com/x", "collection": "c"}',
-        400,
         "id",
     ),
+    "structured bad JSON": (
+        {"content-type": "application/cloudevents+json"},
+        b"{not json",
+        "JSON",
+    ),
+}
+
+# CloudEvents whose data can never succeed: one failure reply, 200, so a broker carries it.
+UNUSABLE = {
     "bad JSON": (
         {
             "ce-specversion": "1.0",
@@ -113,13 +122,8 @@ MALFORMED = {
             "content-type": "application/json",
         },
         b'{"source_url": ',
-        400,
-        "JSON",
-    ),
-    "structured bad JSON": (
-        {"content-type": "application/cloudevents+json"},
-        b"{not json",
-        400,
+        "invalid_event",
+        None,
         "JSON",
     ),
     "data failing validation": (
@@ -131,35 +135,85 @@ MALFORMED = {
             "content-type": "application/json",
         },
         b'{"source_url": "https://example.com/items/x", "collection": "../etc"}',
-        422,
+        "invalid_input",
+        "collection",
         "collection",
     ),
 }
 
 
-@pytest.mark.parametrize("case", list(MALFORMED))
+@pytest.mark.parametrize("case", list(NOT_CLOUDEVENTS))
 @pytest.mark.parametrize("stage", list(STAGE_CASES), ids=lambda s: s.value)
-def test_malformed_events_are_refused_and_write_nothing(
+def test_requests_that_are_not_cloudevents_get_400_and_write_nothing(
     local_stack: LocalStack, chain_run: ChainRun, stage: Stage, case: str
 ) -> None:
     service = STAGE_CASES[stage][0]
-    headers, body, status, named = MALFORMED[case]
+    headers, body, named = NOT_CLOUDEVENTS[case]
     if stage is not Stage.CONVERT and "ce-type" in headers:
         headers = {**headers, "ce-type": STAGE_CASES[stage][1].value}
     before = output_snapshot(local_stack)
     response = httpx.post(local_stack.urls[service], headers=headers, content=body, timeout=60)
-    assert response.status_code == status, response.text
-    problem = response.json()
-    assert named in problem["message"]
+    assert response.status_code == 400, response.text
+    assert named in response.json()["message"]
+    assert output_snapshot(local_stack) == before
+
+
+def assert_failure_reply(
+    response: httpx.Response, stage: Stage, code: str, field: str | None, named: str
+) -> StageFailed:
+    assert response.status_code == 200, response.text
+    assert response.headers["ce-type"] == EventType.FAILED.value
+    assert response.headers["ce-source"] == stage.event_source
+    failure = StageFailed.model_validate_json(response.content)
+    assert failure.stage is stage
+    assert failure.problem.code == code
+    assert failure.problem.field == field
+    assert failure.problem.retryable is False
+    assert named in failure.problem.message
+    return failure
+
+
+# A structured envelope cannot carry data that is not JSON: that case is binary only.
+UNUSABLE_MODES = [
+    (case, mode)
+    for case in UNUSABLE
+    for mode in ("binary", "structured")
+    if not (case == "bad JSON" and mode == "structured")
+]
+
+
+@pytest.mark.parametrize(("case", "mode"), UNUSABLE_MODES)
+@pytest.mark.parametrize("stage", list(STAGE_CASES), ids=lambda s: s.value)
+def test_unusable_events_get_one_failure_reply_and_write_nothing(
+    local_stack: LocalStack, chain_run: ChainRun, stage: Stage, case: str, mode: str
+) -> None:
+    service = STAGE_CASES[stage][0]
+    headers, body, code, field, named = UNUSABLE[case]
+    if stage is not Stage.CONVERT:
+        headers = {**headers, "ce-type": STAGE_CASES[stage][1].value}
+        # The other stages' inputs name item_id first: it is the first offending field.
+        field = "item_id" if field else None
+    if mode == "structured":
+        attributes = {k.removeprefix("ce-"): v for k, v in headers.items() if k.startswith("ce-")}
+        envelope = {**attributes, "datacontenttype": "application/json"}
+        body = json.dumps({**envelope, "data": json.loads(body)}).encode()
+        headers = {"content-type": "application/cloudevents+json"}
+    before = output_snapshot(local_stack)
+    response = httpx.post(local_stack.urls[service], headers=headers, content=body, timeout=60)
+    failure = assert_failure_reply(response, stage, code, field, named)
+    assert failure.input.id == (headers.get("ce-id") or json.loads(body)["id"])
+    again = httpx.post(local_stack.urls[service], headers=headers, content=body, timeout=60)
+    assert again.headers["ce-id"] == response.headers["ce-id"]
     assert output_snapshot(local_stack) == before
 
 
 @pytest.mark.parametrize("stage", list(STAGE_CASES), ids=lambda s: s.value)
-def test_an_event_of_another_stage_is_refused(
+def test_an_event_of_another_stage_gets_a_failure_reply(
     local_stack: LocalStack, chain_run: ChainRun, stage: Stage
 ) -> None:
     service = STAGE_CASES[stage][0]
     wrong = EventType.AUGMENT_DONE.value
     response = post(local_stack.urls[service], make_event(wrong, {"x": 1}), "binary")
-    assert response.status_code == 400
-    assert wrong in response.json()["message"]
+    failure = assert_failure_reply(response, stage, "invalid_event", None, wrong)
+    assert failure.input.type == wrong
+    assert failure.input_event["data"] == {"x": 1}
