@@ -62,8 +62,11 @@ def test_readme_curl_runs_the_chain(
     deadline = time.monotonic() + 300
     while len(local_stack.events(EventType.AUGMENT_DONE.value, sample.item_id)) <= before:
         assert time.monotonic() < deadline, "the chain did not reach augment.done"
+        failed = local_stack.events(EventType.FAILED.value, sample.item_id)
         dead = httpx.get(
-            local_stack.broker_url + "/dead-letters", params={"subject": sample.item_id}
+            local_stack.broker_url + "/events",
+            params={"subject": sample.item_id, "origin": "dead-letter"},
         ).json()
+        assert not failed, f"the run failed: {failed}"
         assert not dead, f"the run was dead-lettered: {dead}"
         time.sleep(0.5)

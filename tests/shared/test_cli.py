@@ -24,6 +24,6 @@ def test_parser_builds_without_heavy_imports() -> None:
         [sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=60, check=True
     )
     probe = json.loads(result.stdout)
-    assert {"broker", "dead-letters", "submit", "amqp-bridge"} <= set(probe["commands"])
+    assert {"broker", "failures", "submit", "amqp-bridge"} <= set(probe["commands"])
     loaded = set(probe["loaded"])
     assert [name for name in NOT_AT_START if name in loaded] == []

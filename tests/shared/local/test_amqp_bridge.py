@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pika
 import pytest
+import yaml
 
 from geozarr_pipeline.events import EventType
 from geozarr_pipeline.local.amqp_bridge import DEFAULT_SOURCE, InvalidMessage, to_event
@@ -117,11 +118,39 @@ def wait_depth(
         time.sleep(0.3)
 
 
+REPO_SOURCE = Path(__file__).resolve().parents[3] / "knative" / "base" / "source.yaml"
+
+
+def fast_source(directory: Path, retry: int = 2) -> Path:
+    """The repo's RabbitmqSource with tiny backoff, for the bridge to read its retries from."""
+    directory.mkdir(parents=True, exist_ok=True)
+    documents = [d for d in yaml.safe_load_all(REPO_SOURCE.read_text()) if d]
+    for document in documents:
+        if document.get("kind") == "RabbitmqSource":
+            document["spec"]["delivery"] = {
+                "retry": retry,
+                "backoffPolicy": "exponential",
+                "backoffDelay": "PT0.05S",
+            }
+    (directory / "source.yaml").write_text(yaml.safe_dump_all(documents))
+    return directory
+
+
+def dead_queue(queue: str) -> str:
+    return queue + "-dead"
+
+
 @pytest.fixture
 def bridged(rabbitmq: RabbitMQ, tmp_path: Path) -> Iterator[tuple[Receiver, ManagedProcess, str]]:
     queue = f"bridge-{uuid.uuid4().hex[:8]}"
     with receiver() as sink:
-        bridge = start_bridge(rabbitmq.amqp_url, sink.url, queue, tmp_path / "bridge.log")
+        bridge = start_bridge(
+            rabbitmq.amqp_url,
+            sink.url,
+            queue,
+            tmp_path / "bridge.log",
+            manifests=fast_source(tmp_path / "manifests"),
+        )
         try:
             yield sink, bridge, queue
         finally:
@@ -152,6 +181,7 @@ def test_bridge_forwards_valid_and_rejects_invalid_without_blocking(
     assert events[1]["id"] == "fixed-id-1"
     assert events[1]["subject"] == "S2_A"
     wait_depth(rabbitmq, queue, (0, 0))
+    wait_depth(rabbitmq, dead_queue(queue), (2, 0))
     log = bridge.log_tail(200)
     rejected = [json.loads(line) for line in log.splitlines() if "message rejected" in line]
     assert len(rejected) == 2
@@ -160,37 +190,45 @@ def test_bridge_forwards_valid_and_rejects_invalid_without_blocking(
     assert "lack source" in rejected[1]["msg"]
 
 
-def test_event_refused_by_the_broker_is_rejected_not_requeued(
+@pytest.mark.parametrize(("status", "requests"), [(400, 1), (500, 1), (503, 3), (429, 3)])
+def test_an_event_the_broker_does_not_accept_goes_to_the_dead_letter_queue(
     rabbitmq: RabbitMQ,
     bridged: tuple[Receiver, ManagedProcess, str],
     publish: Callable[..., None],
+    status: int,
+    requests: int,
 ) -> None:
+    """As the RabbitmqSource adapter: the SDK's retried statuses, then nack without requeue."""
     sink, bridge, queue = bridged
-    sink.status = 400
+    sink.status = status
     publish(json.dumps(LEGACY).encode())
-    sink.wait_for(1)
+    sink.wait_for(requests)
     wait_depth(rabbitmq, queue, (0, 0))
-    time.sleep(0.5)
-    assert len(sink.requests) == 1
-    assert "the broker refused the event" in bridge.log_tail()
+    wait_depth(rabbitmq, dead_queue(queue), (1, 0))
+    time.sleep(0.3)
+    assert len(sink.requests) == requests
+    assert "message dead-lettered" in bridge.log_tail()
 
 
-def test_message_stays_queued_while_the_broker_is_down(
+def test_a_message_is_kept_in_the_dead_letter_queue_while_the_broker_is_down(
     rabbitmq: RabbitMQ, tmp_path: Path, publish: Callable[..., None]
 ) -> None:
     queue = f"bridge-{uuid.uuid4().hex[:8]}"
     down = f"http://127.0.0.1:{free_port()}/"
-    bridge = start_bridge(rabbitmq.amqp_url, down, queue, tmp_path / "bridge.log")
+    bridge = start_bridge(
+        rabbitmq.amqp_url,
+        down,
+        queue,
+        tmp_path / "bridge.log",
+        manifests=fast_source(tmp_path / "manifests"),
+    )
     try:
         publish(json.dumps(LEGACY).encode())
-        deadline = time.monotonic() + 15
-        while "broker unreachable" not in bridge.log_tail():
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
-        assert sum(queue_depth(rabbitmq, queue)) == 1
+        wait_depth(rabbitmq, dead_queue(queue), (1, 0))
+        wait_depth(rabbitmq, queue, (0, 0))
+        assert bridge.log_tail().count("broker unreachable") == 3
     finally:
         bridge.stop()
-    wait_depth(rabbitmq, queue, (1, 0))
 
 
 def test_health_is_503_until_consuming(tmp_path: Path) -> None:

@@ -58,7 +58,10 @@ def test_repo_triggers_are_exact_type_filters_with_delivery() -> None:
         "geozarr-convert-rabbitmq",
         "geozarr-register",
         "geozarr-augment",
+        "geozarr-failures",
     }
+    assert routes["geozarr-failures"].filters == {"type": EventType.FAILED.value}
+    assert routes["geozarr-failures"].subscriber == "geozarr-failures"
     for route in routes.values():
         assert route.broker == "geozarr"
         assert set(route.filters) == {"type"}
@@ -66,7 +69,7 @@ def test_repo_triggers_are_exact_type_filters_with_delivery() -> None:
         assert route.delivery.backoff_policy == "exponential"
         assert route.delivery.backoff_delay > 0
         assert route.delivery.timeout is not None
-        assert route.delivery.dead_letter_sink == "geozarr-dead-letters"
+        assert route.delivery.dead_letter_sink == "geozarr-failures"
     for name in ("geozarr-convert", "geozarr-convert-rabbitmq"):
         assert routes[name].parallelism is not None
         timeout = routes[name].delivery.timeout

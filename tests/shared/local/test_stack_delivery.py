@@ -7,11 +7,14 @@ import subprocess
 import sys
 import time
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from geozarr_pipeline.events import EventType
+from geozarr_pipeline.local.client import RunFailed
 from geozarr_pipeline.local.demo import convert_requested_event
 from geozarr_pipeline.local.processes import ManagedProcess, free_port, http_ready, module_command
 from geozarr_pipeline.local.routing import load_routes
@@ -72,36 +75,116 @@ def test_transient_source_outage_is_retried_then_succeeds(local_stack: LocalStac
     assert gap >= policy.backoff(1) * 0.9
 
 
-def test_a_stage_that_keeps_failing_ends_in_one_dead_letter(local_stack: LocalStack) -> None:
-    sample_id = "S2A_MSIL2A_NEVER_THERE"
-    source = item_url(f"http://127.0.0.1:{free_port()}", "sentinel-2-l2a", sample_id)
-    local_stack.publish(convert_requested_event(source, sample_id, "sentinel-2-l2a"))
-    policy = convert_route_delivery(local_stack)
-    deadline = time.monotonic() + 60 + sum(policy.backoff(n) for n in range(1, policy.retry + 1))
-    records: list[dict[str, Any]] = []
-    while time.monotonic() < deadline and not records:
-        records = httpx.get(
-            local_stack.broker_url + "/dead-letters", params={"subject": sample_id}, timeout=10
-        ).json()
-        time.sleep(0.5)
-    assert len(records) == 1
-    [delivery] = deliveries_for(local_stack, sample_id)
-    assert len(delivery["attempts"]) == policy.retry + 1
-    assert all(a["status"] == 503 for a in delivery["attempts"])
-
+def failure_records(stack: LocalStack, item_id: str) -> list[dict[str, Any]]:
+    """The failure records of an item, as the CLI lists them with the stack's settings."""
     listed = subprocess.run(
         [
             sys.executable,
             "-m",
             "geozarr_pipeline",
-            "dead-letters",
+            "failures",
             "list",
-            "--state-dir",
-            str(local_stack.root / "broker"),
+            "--root",
+            str(stack.failures_root),
+            "--item-id",
+            item_id,
             "--json",
         ],
         capture_output=True,
         text=True,
         check=True,
     )
-    assert sample_id in json.dumps(json.loads(listed.stdout))
+    records: list[dict[str, Any]] = json.loads(listed.stdout)
+    return records
+
+
+def wait_for_records(stack: LocalStack, item_id: str, timeout: float) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + timeout
+    while True:
+        records = failure_records(stack, item_id)
+        if records or time.monotonic() > deadline:
+            return records
+        time.sleep(0.5)
+
+
+def written_for(stack: LocalStack, item_id: str) -> list[Path]:
+    """Everything under the output and catalog roots that names the item."""
+    return [
+        path
+        for folder in ("geozarr", "catalog")
+        for path in (stack.root / folder).rglob(f"*{item_id}*")
+        if "_failures" not in path.parts
+    ]
+
+
+def test_a_stage_that_keeps_failing_ends_in_one_failure_record(local_stack: LocalStack) -> None:
+    sample_id = "S2A_MSIL2A_NEVER_THERE"
+    source = item_url(f"http://127.0.0.1:{free_port()}", "sentinel-2-l2a", sample_id)
+    after = local_stack.publish(convert_requested_event(source, sample_id, "sentinel-2-l2a")) - 1
+    policy = convert_route_delivery(local_stack)
+    wait = 60 + sum(policy.backoff(n) for n in range(1, policy.retry + 1))
+    with pytest.raises(RunFailed, match="dead-lettered"):
+        local_stack.wait_for_chain(sample_id, timeout=wait, after=after)
+    [record] = wait_for_records(local_stack, sample_id, timeout=30)
+    [delivery] = deliveries_for(local_stack, sample_id)
+    assert len(delivery["attempts"]) == policy.retry + 1
+    assert all(a["status"] == 503 for a in delivery["attempts"])
+    assert record["kind"] == "dead_letter"
+    assert record["stage"] == "convert"
+    assert record["knative"]["knativeerrorcode"] == "503"
+    assert record["knative"]["knativeerrordest"] == local_stack.urls["geozarr-convert"]
+    assert record["problem"]["code"] == "retries_exhausted"
+    assert record["input_event"]["data"]["source_url"] == source
+    assert written_for(local_stack, sample_id) == []
+
+
+def unsupported_sample(stack: LocalStack, item_id: str) -> str:
+    """A real sample whose item says it is a Sentinel-1 product."""
+    sample = add_sample(stack, item_id, scale=0.02)
+    item = json.loads(sample.item_path.read_text())
+    item["properties"]["constellation"] = "sentinel-1"
+    sample.item_path.write_text(json.dumps(item))
+    return item_url(stack.sample_url, sample.collection, item_id)
+
+
+@pytest.mark.parametrize(
+    ("case", "code", "field"),
+    [
+        ("invalid", "invalid_input", "collection"),
+        ("missing", "source_not_found", None),
+        ("unsupported", "unsupported_product", None),
+    ],
+)
+def test_a_permanent_failure_ends_in_one_failure_event_and_one_record(
+    local_stack: LocalStack, case: str, code: str, field: str | None
+) -> None:
+    item_id = f"S2A_MSIL2A_FAILS_{case.upper()}"
+    collection = "sentinel-2-l2a"
+    source = item_url(local_stack.sample_url, collection, item_id)
+    if case == "invalid":
+        collection = "../etc"
+    elif case == "unsupported":
+        source = unsupported_sample(local_stack, item_id)
+    event = convert_requested_event(source, item_id, collection)
+    after = local_stack.publish(event) - 1
+
+    with pytest.raises(RunFailed, match=code):
+        local_stack.wait_for_chain(item_id, timeout=120, after=after)
+    failures = local_stack.events(EventType.FAILED.value, item_id)
+    assert len(failures) == 1
+    data = failures[0]["event"]["data"]
+    assert data["stage"] == "convert"
+    assert data["problem"]["code"] == code
+    assert data["input"]["id"] == event["id"]
+    [record] = wait_for_records(local_stack, item_id, timeout=30)
+    assert record["kind"] == "failure_event"
+    assert record["problem"]["code"] == code
+    assert record["problem"]["field"] == field
+    assert record["problem"]["retryable"] is False
+    assert record["input_event"]["attributes"]["id"] == event["id"]
+    assert record["input_event"]["data"] == dict(event.data)
+    [delivery] = deliveries_for(local_stack, item_id)
+    assert delivery["outcome"] == "delivered"
+    assert [a["status"] for a in delivery["attempts"]] == [200]
+    assert local_stack.events(EventType.CONVERT_DONE.value, item_id) == []
+    assert written_for(local_stack, item_id) == []
