@@ -73,6 +73,8 @@ class LocalStack:
     extra_env: dict[str, str] = field(default_factory=dict)
     # Fixed ports by component name ("broker", "samples", "raster"); others are picked free.
     ports: dict[str, int] = field(default_factory=dict)
+    # URLs the broker delivers to instead of a Service's own (a fault-injecting proxy).
+    subscriber_urls: dict[str, str] = field(default_factory=dict)
     processes: list[ManagedProcess] = field(default_factory=list)
     urls: dict[str, str] = field(default_factory=dict)
     # How often each component was started again after it died.
@@ -201,12 +203,18 @@ class LocalStack:
                 "/healthz",
                 env,
             )
-            subscribers = ["--subscriber", f"{FAILURE_RECORDER}={recorder}"]
+            subscribers = [
+                "--subscriber",
+                f"{FAILURE_RECORDER}={self.subscriber_urls.get(FAILURE_RECORDER, recorder)}",
+            ]
             for service, module in FUNCTION_SERVICES.items():
                 url = self._start(
                     service, partial(function_command, module, python=python), "/", env
                 )
-                subscribers += ["--subscriber", f"{service}={url}"]
+                subscribers += [
+                    "--subscriber",
+                    f"{service}={self.subscriber_urls.get(service, url)}",
+                ]
             broker = module_server(
                 "geozarr_pipeline.local.broker",
                 "--manifests",
