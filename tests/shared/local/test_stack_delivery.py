@@ -188,3 +188,24 @@ def test_a_permanent_failure_ends_in_one_failure_event_and_one_record(
     assert [a["status"] for a in delivery["attempts"]] == [200]
     assert local_stack.events(EventType.CONVERT_DONE.value, item_id) == []
     assert written_for(local_stack, item_id) == []
+
+
+def test_killed_functions_and_broker_are_restarted_and_nothing_accepted_is_lost(
+    local_stack: LocalStack,
+) -> None:
+    """kill -9 register, then the broker with a run in flight: the run still completes once."""
+    old_register = local_stack.kill("geozarr-register")
+    local_stack.wait_restarted("geozarr-register", old_register)
+    sample = add_sample(local_stack, "S2A_MSIL2A_BROKER_KILLED", scale=0.02)
+    source = item_url(local_stack.sample_url, sample.collection, sample.item_id)
+    after = local_stack.publish(convert_requested_event(source, sample.item_id, sample.collection))
+    old_broker = local_stack.kill("broker")
+    local_stack.wait_restarted("broker", old_broker)
+
+    done = local_stack.wait_for_chain(sample.item_id, timeout=300, after=after - 1)
+    assert done["item_id"] == sample.item_id
+    assert local_stack.restarts["geozarr-register"] >= 1
+    assert local_stack.restarts["broker"] >= 1
+    assert len(local_stack.events(EventType.AUGMENT_DONE.value, sample.item_id)) == 1
+    registered = list((local_stack.root / "catalog").rglob(f"{sample.item_id}.json"))
+    assert len(registered) == 1
