@@ -3,10 +3,11 @@
 #   docker build --target convert  -t geozarr-convert .
 #   docker build --target register -t geozarr-register .
 #   docker build --target augment  -t geozarr-augment .
-#   docker build --target dead-letters -t geozarr-dead-letters .
+#   docker build --target failures -t geozarr-failures .
 # Each runs as a non-root user and serves on $PORT (Knative sets it; 8080 by default).
 ARG PYTHON_IMAGE=python:3.12-slim-bookworm
-ARG UV_IMAGE=ghcr.io/astral-sh/uv:0.9
+# The same uv as the Makefile's `pip install uv==...` (tests/knative/test_dockerfile.py checks).
+ARG UV_IMAGE=ghcr.io/astral-sh/uv:0.13.9
 
 FROM ${UV_IMAGE} AS uv
 
@@ -49,15 +50,19 @@ COPY functions/augment functions/augment
 RUN --mount=type=cache,target=/root/.cache/uv \
     uv sync --frozen --no-dev --no-editable --package geozarr-augment
 
-FROM workspace AS build-dead-letters
+# The failure recorder: the shared package and boto3 (its s3 extra), nothing else.
+FROM workspace AS build-failures
 COPY shared shared
 RUN --mount=type=cache,target=/root/.cache/uv \
-    uv sync --frozen --no-dev --no-editable --package geozarr-pipeline-shared
+    uv sync --frozen --no-dev --no-editable --package geozarr-pipeline-shared --extra s3
 
-# The runtime base: no uv, no sources, no compilers; an unprivileged user.
+# The runtime base: no uv, no sources, no compilers; an unprivileged user without a home.
+# HOME=/tmp: the one writable path on the read-only root filesystem (an emptyDir in every
+# Service), for libraries that write caches or read config under ~.
 FROM ${PYTHON_IMAGE} AS runtime
 RUN groupadd --gid 10001 app && useradd --uid 10001 --gid 10001 --no-create-home app
 ENV PATH=/app/.venv/bin:$PATH \
+    HOME=/tmp \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PORT=8080
@@ -82,7 +87,7 @@ COPY functions/augment/geozarr_augment /app/functions/augment/geozarr_augment
 USER 10001:10001
 CMD ["sh", "-c", "exec functions-framework --target handle --source /app/functions/augment/geozarr_augment/main.py --host 0.0.0.0 --port ${PORT}"]
 
-FROM runtime AS dead-letters
-COPY --from=build-dead-letters /app/.venv /app/.venv
+FROM runtime AS failures
+COPY --from=build-failures /app/.venv /app/.venv
 USER 10001:10001
-CMD ["sh", "-c", "exec python -m geozarr_pipeline.dead_letter_sink --host 0.0.0.0 --port ${PORT} --state-dir /var/lib/geozarr"]
+CMD ["sh", "-c", "exec python -m geozarr_pipeline.failures.recorder --host 0.0.0.0 --port ${PORT}"]

@@ -24,7 +24,7 @@ setup-system: ## Install the Debian packages of the local services (needs root)
 	fi
 
 setup-python: ## Install uv and the locked Python environment
-	@$(PYTHON) -m uv --version >/dev/null 2>&1 || $(PYTHON) -m pip install -q uv
+	@$(PYTHON) -m pip install -q uv==0.13.9
 	$(UV) sync --frozen --all-packages
 
 setup: setup-system setup-python ## Everything a fresh machine needs
