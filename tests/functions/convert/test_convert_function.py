@@ -19,6 +19,7 @@ from geozarr_pipeline.events import ConvertDone, EventType, Stage, reply_id
 from geozarr_pipeline.local.processes import LOOPBACK, ManagedProcess, free_port, http_ready
 from geozarr_pipeline.local.stack import function_command
 from tests.fixtures.sample import SampleServerInfo
+from tests.functions.failures import problem_of
 
 
 @dataclass(frozen=True)
@@ -117,8 +118,7 @@ def test_path_escaping_ids_are_refused_and_write_nothing(
         **change,
     }
     response = post(convert_function, data)
-    assert response.status_code == 422
-    body = response.json()
+    body = problem_of(response)
     assert body["error"] == "invalid_input"
     assert field in body["message"]
     assert stored_files(convert_function.output_root.parent) == before
@@ -136,8 +136,7 @@ def test_refused_sources_are_a_clear_4xx(
     convert_function: ConvertFunction, source_url: str, reason: str
 ) -> None:
     response = post(convert_function, {"source_url": source_url, "collection": "c"})
-    assert response.status_code == 422
-    assert reason in response.json()["message"]
+    assert reason in problem_of(response)["message"]
 
 
 def test_missing_item_is_not_retried(
@@ -145,8 +144,7 @@ def test_missing_item_is_not_retried(
 ) -> None:
     url = sample_server.item_url("sentinel-2-l2a", "S2X_DOES_NOT_EXIST")
     response = post(convert_function, {"source_url": url, "collection": "sentinel-2-l2a"})
-    assert response.status_code == 422
-    assert response.json()["error"] == "source_not_found"
+    assert problem_of(response)["error"] == "source_not_found"
 
 
 def test_two_concurrent_deliveries_leave_one_valid_store(
