@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import shutil
@@ -12,16 +13,28 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.knative.consistency import container, template
 from tests.knative.manifests import BASE, by_name, kustomize_build
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
+MAKEFILE = ROOT / "Makefile"
 FUNCTION_TARGETS = {
     "convert": "geozarr-convert",
     "register": "geozarr-register",
     "augment": "geozarr-augment",
 }
 HEAVY = ("xarray", "dask", "eopf-geozarr", "zarr", "s3fs")
+FAILURES_TARGET = "failures"
+RECORDER_MODULE = "geozarr_pipeline.failures.recorder"
+
+
+def uv_binary() -> str:
+    """The uv running the tests (`uv run` sets UV), else the one on PATH; never skipped."""
+    found = os.environ.get("UV") or shutil.which("uv")
+    if not found:
+        raise RuntimeError("no uv: run the tests with `python -m uv run pytest`")
+    return found
 
 
 @dataclass
@@ -109,7 +122,7 @@ def test_function_target_installs_only_its_package_from_the_lock(
     assert any("--no-editable" in c for c in syncs)
 
 
-@pytest.mark.parametrize("stage_name", [*sorted(FUNCTION_TARGETS), "dead-letters"])
+@pytest.mark.parametrize("stage_name", [*sorted(FUNCTION_TARGETS), FAILURES_TARGET])
 def test_target_runs_non_root_on_port(stages: dict[str, Stage], stage_name: str) -> None:
     user = effective(stages, stage_name, "USER")
     assert user is not None, "no USER: the image would run as root"
@@ -157,10 +170,84 @@ def test_images_named_in_the_manifests_have_a_target(stages: dict[str, Stage]) -
     } == {i["name"] for i in kustomization["images"]}
 
 
-def lock_slice(package: str) -> str:
-    """What the image of `package` installs: its requirements exported from uv.lock."""
+def sync_words(stages: dict[str, Stage], target: str) -> list[str]:
+    """The last `uv sync` of the build stage a target copies its environment from."""
+    (build,) = [c for c in stages[target].all("COPY") if c.startswith("--from=")]
+    build_stage = build.split()[0].removeprefix("--from=")
+    syncs = [r for s in lineage(stages, build_stage) for r in s.all("RUN") if "uv sync" in r]
+    assert syncs, f"{build_stage} never runs uv sync"
+    return shlex.split(syncs[0][syncs[0].index("uv sync") :])
+
+
+def option_values(words: list[str], option: str) -> list[str]:
+    return [words[i + 1] for i, word in enumerate(words) if word == option]
+
+
+def test_failures_target_installs_the_shared_package_with_boto3(
+    stages: dict[str, Stage],
+) -> None:
+    words = sync_words(stages, FAILURES_TARGET)
+    assert {"--frozen", "--no-dev", "--no-editable"} <= set(words)
+    assert option_values(words, "--package") == ["geozarr-pipeline-shared"]
+    assert option_values(words, "--extra") == ["s3"]
+    cmd = effective(stages, FAILURES_TARGET, "CMD")
+    assert cmd is not None
+    assert shlex.split(yaml.safe_load(cmd)[-1]) == [
+        *("exec", "python", "-m", RECORDER_MODULE),
+        *("--host", "0.0.0.0", "--port", "${PORT}"),
+    ]
+
+
+def image_env(stages: dict[str, Stage], target: str) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for stage in reversed(lineage(stages, target)):
+        for args in stage.all("ENV"):
+            env.update(pair.partition("=")[::2] for pair in shlex.split(args))
+    return env
+
+
+def test_home_is_a_writable_volume_in_every_service(stages: dict[str, Stage]) -> None:
+    """HOME is set in the image, and every Service mounts an emptyDir there (the root
+    filesystem is read-only)."""
+    services = by_name(kustomize_build(BASE), "Service")
+    for service in services.values():
+        target = container(service)["image"].split("/")[-1].split(":")[0].removeprefix("geozarr-")
+        home = image_env(stages, target).get("HOME")
+        assert home, f"{target}: HOME is not set in the image"
+        spec = template(service)[1]
+        scratch = {v["name"] for v in spec.get("volumes", []) if "emptyDir" in v}
+        mounts = {m["mountPath"]: m["name"] for m in container(service).get("volumeMounts", [])}
+        assert mounts.get(home) in scratch, f"{target}: HOME {home} is not an emptyDir mount"
+
+
+def pinned_uv_versions() -> dict[str, str]:
+    """The uv version the Makefile installs and the one the Dockerfile copies uv from."""
+    makefile = re.findall(r"pip install\b[^\n]*\buv==([0-9][^\s]*)", MAKEFILE.read_text())
+    dockerfile = re.findall(r"^ARG UV_IMAGE=\S+:(\S+)$", DOCKERFILE.read_text(), re.MULTILINE)
+    assert len(makefile) == 1, "the Makefile pins uv once (pip install uv==X)"
+    assert len(dockerfile) == 1, "the Dockerfile pins UV_IMAGE once"
+    return {"Makefile": makefile[0], "Dockerfile": dockerfile[0]}
+
+
+def test_image_makefile_and_tests_use_one_uv() -> None:
+    pinned = pinned_uv_versions()
+    running = subprocess.run(
+        [uv_binary(), "--version"], capture_output=True, text=True, check=True, timeout=30
+    ).stdout.split()[1]
+    assert {**pinned, "tests": running} == dict.fromkeys(
+        ["Makefile", "Dockerfile", "tests"], running
+    )
+
+
+def lock_slice(stages: dict[str, Stage], target: str) -> str:
+    """What the image of `target` installs: its `uv sync` selection exported from uv.lock."""
+    words = sync_words(stages, target)
+    selection = [
+        *(arg for package in option_values(words, "--package") for arg in ("--package", package)),
+        *(arg for extra in option_values(words, "--extra") for arg in ("--extra", extra)),
+    ]
     return subprocess.run(
-        ["uv", "export", "--frozen", "--no-dev", "--no-hashes", "--package", package],
+        [uv_binary(), "export", "--frozen", "--no-dev", "--no-hashes", *selection],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -169,23 +256,32 @@ def lock_slice(package: str) -> str:
     ).stdout
 
 
-@pytest.mark.skipif(shutil.which("uv") is None, reason="uv is not on PATH")
-@pytest.mark.parametrize(
-    "package", ["geozarr-register", "geozarr-augment", "geozarr-pipeline-shared"]
-)
-def test_small_images_lock_slice_has_no_heavy_dependencies(package: str) -> None:
-    exported = lock_slice(package)
-    names = {
+def exported_names(exported: str) -> set[str]:
+    return {
         re.split(r"[=<>; \[]", line, maxsplit=1)[0].lower()
         for line in exported.splitlines()
         if line and line[0].isalpha()
     }
+
+
+@pytest.mark.parametrize("target", ["register", "augment", FAILURES_TARGET])
+def test_small_images_lock_slice_has_no_heavy_dependencies(
+    stages: dict[str, Stage], target: str
+) -> None:
+    names = exported_names(lock_slice(stages, target))
     assert "pydantic" in names
-    assert not names & set(HEAVY), f"{package} would install {sorted(names & set(HEAVY))}"
+    assert not names & set(HEAVY), f"{target} would install {sorted(names & set(HEAVY))}"
 
 
-@pytest.mark.skipif(shutil.which("uv") is None, reason="uv is not on PATH")
-def test_convert_lock_slice_has_the_converter() -> None:
-    exported = lock_slice("geozarr-convert")
+def test_failures_lock_slice_has_boto3_without_functions_framework(
+    stages: dict[str, Stage],
+) -> None:
+    names = exported_names(lock_slice(stages, FAILURES_TARGET))
+    assert "boto3" in names
+    assert "functions-framework" not in names
+
+
+def test_convert_lock_slice_has_the_converter(stages: dict[str, Stage]) -> None:
+    exported = lock_slice(stages, "convert")
     assert re.search(r"^eopf-geozarr==", exported, re.MULTILINE)
     assert re.search(r"^functions-framework==", exported, re.MULTILINE)

@@ -16,13 +16,18 @@ import sys
 from pathlib import Path
 
 import httpx
-import pytest
 import yaml
 
 from geozarr_pipeline.local.processes import ManagedProcess, free_port, tcp_ready
-from tests.knative.test_dockerfile import DOCKERFILE, ROOT, Stage, lineage, parse_dockerfile
-
-pytestmark = pytest.mark.skipif(shutil.which("uv") is None, reason="uv is not on PATH")
+from tests.knative.test_dockerfile import (
+    DOCKERFILE,
+    FAILURES_TARGET,
+    ROOT,
+    Stage,
+    lineage,
+    parse_dockerfile,
+    uv_binary,
+)
 
 
 def stage_env(chain: list[Stage]) -> dict[str, str]:
@@ -68,12 +73,12 @@ def replay_build(stages: dict[str, Stage], build_stage: str, scratch: Path) -> N
                         target.parent.mkdir(parents=True, exist_ok=True)
                         shutil.copy2(ROOT / source, target)
             elif keyword == "RUN" and "uv sync" in args:
-                command = shlex.split(args[args.index("uv sync") :])
+                command = [uv_binary(), *shlex.split(args[args.index("uv sync") :])[1:]]
                 subprocess.run(command, cwd=workdir, env=env, check=True, timeout=600)
 
 
 def start_target(
-    stages: dict[str, Stage], target: str, scratch: Path
+    stages: dict[str, Stage], target: str, scratch: Path, env: dict[str, str] | None = None
 ) -> tuple[ManagedProcess, int]:
     for args in stages[target].all("COPY"):
         words = args.split()
@@ -96,6 +101,7 @@ def start_target(
             "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}",
             "VIRTUAL_ENV": str(venv_bin.parent),
             "PYTHONPATH": "",
+            **(env or {}),
         },
         cwd=scratch,
     ).start()
@@ -117,31 +123,34 @@ def test_register_image_build_and_command(tmp_path: Path) -> None:
         process.stop()
     assert response.status_code == 400
     assert "id" in response.json()["message"]
-    installed = {
-        p.name.split("-")[0].lower()
-        for p in (tmp_path / "app" / ".venv").glob("lib/python*/site-packages/*.dist-info")
-    }
+    installed = installed_distributions(tmp_path)
     assert "geozarr_register" in installed
     assert not installed & {"xarray", "dask", "eopf_geozarr", "zarr"}
 
 
-def test_dead_letters_image_build_and_command(tmp_path: Path) -> None:
+def installed_distributions(scratch: Path) -> set[str]:
+    return {
+        p.name.split("-")[0].lower()
+        for p in (scratch / "app" / ".venv").glob("lib/python*/site-packages/*.dist-info")
+    }
+
+
+def test_failures_image_build_and_command(tmp_path: Path) -> None:
+    """The recorder starts from the image's command with the GEOZARR_* settings alone."""
     stages = parse_dockerfile(DOCKERFILE.read_text())
-    # The image writes under /var/lib/geozarr (a volume); point it at the scratch folder.
-    stages["dead-letters"].instructions = [
-        (k, v.replace("/var/lib/geozarr", str(tmp_path / "records")))
-        for k, v in stages["dead-letters"].instructions
-    ]
-    process, port = start_target(stages, "dead-letters", tmp_path)
+    records = tmp_path / "records"
+    process, port = start_target(
+        stages, FAILURES_TARGET, tmp_path, env={"GEOZARR_FAILURES_ROOT": str(records)}
+    )
     try:
         process.wait_ready(tcp_ready(port), timeout=60)
+        health = httpx.get(f"http://127.0.0.1:{port}/healthz", trust_env=False)
         listed = httpx.get(f"http://127.0.0.1:{port}/", trust_env=False)
     finally:
         process.stop()
-    assert listed.status_code == 200
+    assert health.status_code == 200
+    assert health.json()["store"].endswith("records")
     assert listed.json() == []
-    installed = {
-        p.name.split("-")[0].lower()
-        for p in (tmp_path / "app" / ".venv").glob("lib/python*/site-packages/*.dist-info")
-    }
-    assert "functions_framework" not in installed
+    installed = installed_distributions(tmp_path)
+    assert "boto3" in installed
+    assert not installed & {"functions_framework", "xarray", "dask", "eopf_geozarr"}
