@@ -74,23 +74,20 @@ def consumer_timeout_from(config: str) -> float:
     return int(match.group(1)) / 1000
 
 
+def _configmap_data(namespace: str, name: str) -> dict[str, str]:
+    return dict(cluster_patch(namespace, "configmap", name).body["data"])
+
+
 def cluster_settings() -> ClusterSettings:
     (rabbitmq,) = of_kind(kustomize_build(CLUSTER_RABBITMQ), "RabbitmqCluster")
     activator = cluster_patch("knative-serving", "deployment", "activator").body
+    defaults = _configmap_data("knative-serving", "config-defaults")
     return ClusterSettings(
-        max_revision_timeout=int(
-            cluster_patch("knative-serving", "configmap", "config-defaults").body["data"][
-                "max-revision-timeout-seconds"
-            ]
-        ),
+        max_revision_timeout=int(defaults["max-revision-timeout-seconds"]),
         activator_grace=int(activator["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]),
         consumer_timeout=consumer_timeout_from(rabbitmq["spec"]["rabbitmq"]["additionalConfig"]),
-        serving_features=cluster_patch("knative-serving", "configmap", "config-features").body[
-            "data"
-        ],
-        eventing_features=cluster_patch("knative-eventing", "configmap", "config-features").body[
-            "data"
-        ],
+        serving_features=_configmap_data("knative-serving", "config-features"),
+        eventing_features=_configmap_data("knative-eventing", "config-features"),
     )
 
 
