@@ -33,7 +33,11 @@ def convert_route_delivery(stack: LocalStack) -> Any:
 def deliveries_for(stack: LocalStack, subject: str) -> list[dict[str, Any]]:
     response = httpx.get(
         stack.broker_url + "/deliveries",
-        params={"subject": subject, "type": EventType.CONVERT_REQUESTED.value},
+        params={
+            "subject": subject,
+            "type": EventType.CONVERT_REQUESTED.value,
+            "queue": "geozarr-convert",
+        },
         timeout=10,
     )
     response.raise_for_status()
