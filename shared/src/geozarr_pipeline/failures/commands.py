@@ -9,9 +9,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from geozarr_pipeline.config import Settings
+from geozarr_pipeline.errors import TransientError
 from geozarr_pipeline.failures.records import FailureRecord
 from geozarr_pipeline.failures.store import open_failure_store
 
@@ -76,6 +77,19 @@ def _show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reading(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """A store that cannot be read is one line on stderr and exit 1, not a traceback."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return command(args)
+        except (TransientError, ValueError) as exc:
+            print(f"failures: {exc}", file=sys.stderr)
+            return 1
+
+    return run
+
+
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("failures", help="list and show failure records")
     commands = parser.add_subparsers(dest="failures_command", required=True)
@@ -90,8 +104,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     listing.add_argument("--code", default=None, help="problem code, e.g. invalid_input")
     listing.add_argument("--since", default=None, help="ISO time; records at or after it")
     listing.add_argument("--json", action="store_true", help="print the records as JSON")
-    listing.set_defaults(func=_list)
+    listing.set_defaults(func=_reading(_list))
     show = commands.add_parser("show", help="print one record whole")
     show.add_argument("record_id")
     show.add_argument("--root", default=None, help=root_help)
-    show.set_defaults(func=_show)
+    show.set_defaults(func=_reading(_show))

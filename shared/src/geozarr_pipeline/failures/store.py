@@ -150,37 +150,52 @@ class S3FailureStore(FailureStore):
                 IfNoneMatch="*",
             )
         except ClientError as exc:
-            if error_code(exc) in ("PreconditionFailed", "ConditionalRequestConflict"):
+            # 412: a record of this id exists. A 409 (a concurrent write) is retried instead:
+            # the other writer may still fail.
+            if error_code(exc) == "PreconditionFailed":
                 return False
             raise TransientError(f"cannot write failure record to {self.location}: {exc}") from exc
         except BotoCoreError as exc:
             raise TransientError(f"cannot write failure record to {self.location}: {exc}") from exc
         return True
 
-    def get(self, record_id: str) -> FailureRecord | None:
-        from botocore.exceptions import ClientError
+    def _read(self, key: str) -> FailureRecord | None:
+        """One record; None when the key is absent (or vanished since it was listed)."""
+        from botocore.exceptions import BotoCoreError, ClientError
 
         try:
-            reply = self.client.get_object(Bucket=self.bucket, Key=self._key(record_id))
+            body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
         except ClientError as exc:
             if error_code(exc) in NOT_FOUND_CODES:
                 return None
-            raise
-        return _decoded(reply["Body"].read())
+            raise TransientError(f"cannot read {self.location}: {exc}") from exc
+        except BotoCoreError as exc:
+            raise TransientError(f"cannot read {self.location}: {exc}") from exc
+        return _decoded(body)
+
+    def get(self, record_id: str) -> FailureRecord | None:
+        return self._read(self._key(record_id))
 
     def _all(self) -> list[FailureRecord]:
-        paginator = self.client.get_paginator("list_objects_v2")
+        from botocore.exceptions import BotoCoreError, ClientError
+
         prefix = f"{self.prefix}/" if self.prefix else ""
-        records: list[FailureRecord] = []
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
-            for item in page.get("Contents", []):
-                key = str(item["Key"])
-                if key.endswith(RECORD_SUFFIX) and "/" not in key[len(prefix) :]:
-                    body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
-                    record = _decoded(body)
-                    if record is not None:
-                        records.append(record)
-        return records
+        try:
+            pages = list(
+                self.client.get_paginator("list_objects_v2").paginate(
+                    Bucket=self.bucket, Prefix=prefix
+                )
+            )
+        except (ClientError, BotoCoreError) as exc:
+            raise TransientError(f"cannot list {self.location}: {exc}") from exc
+        keys = [
+            str(item["Key"])
+            for page in pages
+            for item in page.get("Contents", [])
+            if str(item["Key"]).endswith(RECORD_SUFFIX)
+            and "/" not in str(item["Key"])[len(prefix) :]
+        ]
+        return [record for key in keys if (record := self._read(key)) is not None]
 
     def close(self) -> None:
         self.client.close()

@@ -57,7 +57,6 @@ DESCRIPTION = "A local stand-in for the Knative RabbitMQ broker, routed by the T
 MAX_INGRESS_BYTES = 16 * 1024 * 1024
 MAX_LONG_POLL_SECONDS = 300.0
 DEAD_LETTER_QUEUE_SUFFIX = ".dlq"
-REPLY_ERROR_CHARS = 1024
 
 
 def binary_request(event: CloudEvent) -> tuple[dict[str, str], bytes]:
@@ -174,17 +173,23 @@ class LocalBroker:
     def _redeliver_unfinished(self) -> None:
         """Queue again every journaled delivery that was never acknowledged (a crash)."""
         unfinished = self.state.unfinished()
-        for entry, name in unfinished:
-            if name in self._pending:
-                event = event_from_json(entry["event"])
-                self._pending[name].put(Delivery(self._queues[name], event, int(entry["seq"])))
-        if unfinished:
+        served = [(entry, name) for entry, name in unfinished if name in self._pending]
+        for entry, name in served:
+            event = event_from_json(entry["event"])
+            self._pending[name].put(Delivery(self._queues[name], event, int(entry["seq"])))
+        if served:
             log.warning(
                 "redelivering unacknowledged events",
                 extra={
-                    "deliveries": len(unfinished),
-                    "seqs": sorted({int(e["seq"]) for e, _ in unfinished}),
+                    "deliveries": len(served),
+                    "seqs": sorted({int(e["seq"]) for e, _ in served}),
                 },
+            )
+        unserved = sorted({name for _, name in unfinished if name not in self._pending})
+        if unserved:
+            log.warning(
+                "unacknowledged events kept for queues without a subscriber URL",
+                extra={"queues": unserved, "deliveries": len(unfinished) - len(served)},
             )
 
     # Publishing -----------------------------------------------------------------------------
@@ -228,8 +233,11 @@ class LocalBroker:
                 return
             try:
                 self._deliver(delivery)
-            except Exception:
+            except Exception as exc:
+                # A bug of the broker itself: the delivery ends as a dead letter, never stalls.
                 log.exception("delivery crashed", extra={"queue": delivery.queue.name})
+                crashed = Attempt(0, utc_now(), 0.0, error=f"broker crash: {exc!r}")
+                self._failed(delivery, [crashed], {"knativeerrorcode": str(NO_STATUS)})
 
     def _attempt(self, delivery: Delivery, number: int) -> Attempt:
         headers, body = binary_request(delivery.event)
@@ -315,35 +323,31 @@ class LocalBroker:
         try:
             reply = self._reply_event(last)
         except InvalidEvent as exc:
-            reply_error = f"invalid reply event: {exc.message}"
-        else:
-            if reply is None:
-                self._acknowledge(delivery, attempts, Outcome.DELIVERED)
-                return
-            if delivery.queue.route.matches(reply.get_attributes()):
-                reply_error = f"reply of type {reply['type']!r} matches its own Trigger (a loop)"
-            else:
-                entry = self.publish(reply, origin="reply", parent=self._parent(delivery))
-                if entry is None:
-                    return
-                self._acknowledge(delivery, attempts, Outcome.DELIVERED, reply_seq=entry["seq"])
-                return
-        last.error = reply_error
-        self._failed(
-            delivery,
-            attempts,
-            {
-                "knativeerrorcode": str(last.status),
-                "knativeerrordata": reply_error[:REPLY_ERROR_CHARS],
-            },
-        )
+            # The SDK's client.Request drops a reply it cannot decode: the message is acked.
+            last.error = f"reply dropped, not a valid CloudEvent: {exc.message}"
+            log.warning(
+                "reply dropped: not a valid CloudEvent (as upstream)",
+                extra={"queue": delivery.queue.name, "event_id": delivery.event["id"]},
+            )
+            reply = None
+        if reply is None:
+            self._acknowledge(delivery, attempts, Outcome.DELIVERED)
+            return
+        if delivery.queue.route.matches(reply.get_attributes()):
+            last.error = f"reply of type {reply['type']!r} matches its own Trigger (a loop)"
+            # dispatcher.go sets knativeerrordata to a value the SDK refuses: only dest and code.
+            self._failed(delivery, attempts, {"knativeerrorcode": str(last.status)})
+            return
+        entry = self.publish(reply, origin="reply", parent=self._parent(delivery))
+        if entry is not None:
+            self._acknowledge(delivery, attempts, Outcome.DELIVERED, reply_seq=entry["seq"])
 
     @staticmethod
     def _reply_event(attempt: Attempt) -> CloudEvent | None:
-        """The CloudEvent in a 2xx reply, if the reply carries one (binary or structured)."""
+        """The CloudEvent in a 2xx reply: binary mode needs ce-specversion, as the SDK reads it."""
         content_type = attempt.headers.get("content-type", "")
         structured = content_type.startswith("application/cloudevents+json")
-        if not structured and not any(name.startswith("ce-") for name in attempt.headers):
+        if not structured and "ce-specversion" not in attempt.headers:
             return None
         return parse_event(attempt.headers, attempt.body)
 

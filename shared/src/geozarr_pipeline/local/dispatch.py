@@ -11,7 +11,8 @@ delay * 2^n before retry n). The local broker takes every decision from here.
 |-------------------------------------------|--------------|-------------------------------|
 | 2xx without a CloudEvent                  | ack          | done                          |
 | 2xx with a CloudEvent                     | ack          | publish the reply             |
-| 2xx whose reply cannot be published       | dead-letter  | dest, code (2xx), data (why)  |
+| 2xx with a reply the SDK cannot decode    | ack          | the reply is dropped          |
+| 2xx whose reply the ingress refuses       | dead-letter  | dest, code (the 2xx)          |
 | 404, 408, 409, 429, 5xx, timeout, no answer | retry      | backoff; when exhausted:      |
 |                                           |              | dead-letter with dest, code   |
 |                                           |              | (-1 without an answer)        |
@@ -20,6 +21,11 @@ delay * 2^n before retry n). The local broker takes every decision from here.
 A dead letter goes to the Trigger's dead-letter queue, whose own dispatcher delivers it to
 the `deadLetterSink` with the same retries; when that fails too, or the Trigger has no sink,
 upstream acks and the event is gone (`dispatchDLQ`, `sendToRabbitMQ`).
+
+`dispatch` also sets `knativeerrordata` for a refused reply, to a value (a Go error) that the
+SDK's extension validation refuses, so no dead letter carries it. The local broker's ingress
+is in-process and refuses no valid event; a reply that cannot be journaled (the broker is
+stopping) leaves its delivery unacknowledged, so it is redone after the restart.
 
 One deliberate difference: a reply whose type matches the Trigger that produced it would loop
 forever on the cluster; the local broker dead-letters it instead, loudly.

@@ -27,7 +27,7 @@ from geozarr_pipeline.cloudevent_http import event_as_json, utc_now
 JOURNAL_FILE = "events.jsonl"
 DELIVERIES_FILE = "deliveries.jsonl"
 # Query keys matched against a journal entry itself, not its event.
-ENTRY_FIELDS = ("origin", "trigger")
+ENTRY_FIELDS = ("origin",)
 
 
 def _read_lines(path: Path) -> list[dict[str, Any]]:
@@ -63,6 +63,8 @@ class BrokerState:
         self.closed = False
         self.entries = _read_lines(self.journal_path)
         self.deliveries = _read_lines(self.deliveries_path)
+        # The highest seq, not the count: a corrupt line skipped on load must not free its seq.
+        self.last_seq = max((int(e["seq"]) for e in self.entries), default=0)
         self.seen = {
             (str(e["event"]["attributes"].get("source")), str(e["event"]["attributes"].get("id")))
             for e in self.entries
@@ -87,7 +89,7 @@ class BrokerState:
                 return None
             key = (str(event["source"]), str(event["id"]))
             entry: dict[str, Any] = {
-                "seq": len(self.entries) + 1,
+                "seq": self.last_seq + 1,
                 "received_at": utc_now(),
                 "origin": origin,
                 "parent": dict(parent) if parent else None,
@@ -97,6 +99,7 @@ class BrokerState:
                 "event": event_as_json(event),
             }
             self._append_line(self.journal_path, entry)
+            self.last_seq += 1
             self.seen.add(key)
             self.entries.append(entry)
             self.changed.notify_all()
