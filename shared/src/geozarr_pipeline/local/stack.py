@@ -9,6 +9,7 @@ restarts a pod: the broker then redelivers what it had not finished.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import os
@@ -43,6 +44,10 @@ log = logging.getLogger(__name__)
 
 FAILURE_RECORDER = "geozarr-failures"
 SUPERVISE_INTERVAL_SECONDS = 0.2
+# A component that dies within this long after a restart waits longer before the next one.
+RESTART_BACKOFF_RESET_SECONDS = 30.0
+RESTART_BACKOFF_SECONDS = 0.5
+MAX_RESTART_BACKOFF_SECONDS = 30.0
 FUNCTION_SERVICES = {
     "geozarr-convert": "geozarr_convert.main",
     "geozarr-register": "geozarr_register.main",
@@ -161,24 +166,44 @@ class LocalStack:
         raise ServiceFailed(f"{name} was not restarted within {timeout}s")
 
     def _supervise(self) -> None:
+        """Restart what died, with a growing delay for what keeps dying (as CrashLoopBackOff)."""
+        delays: dict[str, float] = {}
+        started_at: dict[str, float] = {}
         while not self._stopping.wait(SUPERVISE_INTERVAL_SECONDS):
             with self._lock:
                 dead = [p for p in self.processes if p.process and p.process.poll() is not None]
             for process in dead:
-                if self._stopping.is_set():
+                now = time.monotonic()
+                if now - started_at.get(process.name, 0.0) > RESTART_BACKOFF_RESET_SECONDS:
+                    delays[process.name] = 0.0
+                if self._stopping.wait(delays.get(process.name, 0.0)):
                     return
+                # The leader is gone; its workers (gunicorn's) may still hold the port.
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
                 log.warning("restarting a dead component", extra={"component": process.name})
                 replacement = ManagedProcess(
                     name=process.name,
                     command=process.command,
                     log_path=process.log_path,
                     env=process.env,
-                ).start()
+                )
+                try:
+                    replacement.start()
+                except OSError:
+                    log.exception("cannot restart a component", extra={"component": process.name})
+                    continue
+                started_at[process.name] = time.monotonic()
+                delays[process.name] = min(
+                    max(2 * delays.get(process.name, 0.0), RESTART_BACKOFF_SECONDS),
+                    MAX_RESTART_BACKOFF_SECONDS,
+                )
                 with self._lock:
                     self.processes[self.processes.index(process)] = replacement
                     self.restarts[process.name] = self.restarts.get(process.name, 0) + 1
 
     def start(self) -> LocalStack:
+        self._stopping.clear()
         self.root.mkdir(parents=True, exist_ok=True)
         self.samples_dir.mkdir(parents=True, exist_ok=True)
         python = sys.executable
