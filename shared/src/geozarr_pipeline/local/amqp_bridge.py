@@ -50,8 +50,8 @@ DEFAULT_EXCHANGE = "geozarr"
 DEFAULT_QUEUE = "geozarr-items-local"
 DEAD_LETTER_EXCHANGE_SUFFIX = "-dlx"
 DEAD_LETTER_QUEUE_SUFFIX = "-dead"
-# When no manifest is given: the adapter's defaults (HTTP_SENDER_BACKOFF_DELAY PT0.2S).
-DEFAULT_DELIVERY = DeliverySpec(retry=5, backoff_policy="exponential", backoff_delay=0.2)
+# The adapter's defaults for a source without spec.delivery: no retry, PT0.2S backoff.
+DEFAULT_DELIVERY = DeliverySpec(retry=0, backoff_policy="exponential", backoff_delay=0.2)
 DEFAULT_ROUTING_KEYS = ("eopf.items.*",)
 DEFAULT_SOURCE = "/apis/v1/namespaces/local/rabbitmqsources/geozarr-items"
 REQUIRED = ("specversion", "id", "source", "type")

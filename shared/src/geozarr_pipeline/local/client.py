@@ -57,15 +57,13 @@ def wait_for_event(
     subject: str | None = None,
     timeout: float = 600.0,
     after: int = 0,
-    fail_on_failure: bool = True,
     poll: float = 1.0,
 ) -> dict[str, Any]:
     """Long-poll the broker's journal until an event of `event_type` (and `subject`) arrives.
 
     Only journal entries after seq `after` count (pass the ingress answer's `seq` minus one to
-    ignore earlier runs of the same item), and dead letters never count as the event. With
-    `fail_on_failure`, a failure event or dead letter of the same subject raises RunFailed
-    instead of waiting for the timeout.
+    ignore earlier runs of the same item), and dead letters never count as the event. A failure
+    event or dead letter of the same subject raises RunFailed instead of waiting for the timeout.
     """
     deadline = time.monotonic() + timeout
     query: dict[str, Any] = {"type": event_type, "after": after}
@@ -80,7 +78,7 @@ def wait_for_event(
             if entries:
                 entry: dict[str, Any] = entries[0]
                 return entry
-            if fail_on_failure and subject:
+            if subject:
                 failures = _failures_of(client, subject, after)
                 if failures:
                     raise RunFailed(min(failures, key=lambda e: int(e["seq"])))

@@ -133,10 +133,16 @@ def _is_trigger(document: Mapping[str, Any]) -> bool:
     return document.get("kind") == "Trigger" and api_version.startswith(f"{TRIGGER_API_GROUP}/")
 
 
-def _delivery(path: Path, name: str, spec: Mapping[str, Any] | None) -> DeliverySpec:
+def _delivery(
+    path: Path,
+    name: str,
+    spec: Mapping[str, Any] | None,
+    kind: str = "Trigger",
+    default_delay: float = 0.0,
+) -> DeliverySpec:
     if not spec:
-        return DeliverySpec()
-    where = f"{path}: Trigger {name}: spec.delivery"
+        return DeliverySpec(backoff_delay=default_delay)
+    where = f"{path}: {kind} {name}: spec.delivery"
     retry = spec.get("retry", 0)
     if not isinstance(retry, int) or isinstance(retry, bool) or retry < 0:
         raise ManifestError(f"{where}.retry must be a non-negative integer, got {retry!r}")
@@ -144,7 +150,7 @@ def _delivery(path: Path, name: str, spec: Mapping[str, Any] | None) -> Delivery
     if policy not in ("linear", "exponential"):
         raise ManifestError(f"{where}.backoffPolicy must be linear or exponential, got {policy!r}")
     try:
-        delay = parse_duration(spec["backoffDelay"]) if "backoffDelay" in spec else 0.0
+        delay = parse_duration(spec["backoffDelay"]) if "backoffDelay" in spec else default_delay
         timeout = parse_duration(spec["timeout"]) if "timeout" in spec else None
     except ValueError as exc:
         raise ManifestError(f"{where}: {exc}") from exc
@@ -242,6 +248,8 @@ def parse_subscriber_options(options: list[str]) -> dict[str, str]:
 
 
 SOURCE_KIND = "RabbitmqSource"
+# The adapter's HTTP_SENDER_BACKOFF_DELAY default (eventing-rabbitmq pkg/adapter/adapter.go).
+SOURCE_DEFAULT_BACKOFF_SECONDS = 0.2
 
 
 def load_source_delivery(manifests: Path, name: str | None = None) -> DeliverySpec:
@@ -259,4 +267,10 @@ def load_source_delivery(manifests: Path, name: str | None = None) -> DeliverySp
         )
     path, document = found[0]
     source_name = str((document.get("metadata") or {}).get("name"))
-    return _delivery(path, source_name, (document.get("spec") or {}).get("delivery"))
+    return _delivery(
+        path,
+        source_name,
+        (document.get("spec") or {}).get("delivery"),
+        kind=SOURCE_KIND,
+        default_delay=SOURCE_DEFAULT_BACKOFF_SECONDS,
+    )
