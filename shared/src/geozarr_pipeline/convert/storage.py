@@ -38,7 +38,7 @@ from urllib.parse import urlparse
 from geozarr_pipeline.config import Settings
 from geozarr_pipeline.errors import InProgress, InvalidInput, TransientError
 from geozarr_pipeline.events import check_safe_id
-from geozarr_pipeline.s3 import S3Client, error_code, s3_client
+from geozarr_pipeline.s3 import NOT_FOUND_CODES, S3Client, error_code, s3_client
 
 MARKER_FORMAT = "geozarr-pipeline/convert-marker/1"
 UPLOAD_THREADS = 16
@@ -359,7 +359,7 @@ class S3Output(OutputLocation):
             return fn(**kwargs)
         except ClientError as exc:
             code = error_code(exc)
-            if code in ("NoSuchKey", "404", "NotFound"):
+            if code in NOT_FOUND_CODES:
                 return None
             if code in ("SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout"):
                 raise TransientError(f"S3 {what} failed: {exc}") from exc

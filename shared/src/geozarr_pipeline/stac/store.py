@@ -18,6 +18,7 @@ import httpx
 
 from geozarr_pipeline.config import Settings
 from geozarr_pipeline.errors import InvalidInput, OutputCheckFailed, RateLimited, TransientError
+from geozarr_pipeline.s3 import NOT_FOUND_CODES
 
 ZARR_JSON = "zarr.json"
 
@@ -180,7 +181,7 @@ class S3Reader:
             body = self.client.get_object(Bucket=self.bucket, Key=self._key(path))["Body"].read()
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")
-            if code in ("NoSuchKey", "404", "NotFound"):
+            if code in NOT_FOUND_CODES:
                 return None
             raise TransientError(
                 f"cannot read s3://{self.bucket}/{self._key(path)}: {code}"
