@@ -5,6 +5,7 @@ from __future__ import annotations
 import flask
 import functions_framework
 
+from geozarr_pipeline.attempts import process_journal
 from geozarr_pipeline.cloudevent_http import handle_request
 from geozarr_pipeline.config import get_settings
 from geozarr_pipeline.events import ConvertDone, EventData, Stage
@@ -21,4 +22,4 @@ def _run(data: EventData) -> EventData:
 
 @functions_framework.http
 def handle(request: flask.Request) -> flask.Response:
-    return handle_request(request, Stage.REGISTER, _run)
+    return handle_request(request, Stage.REGISTER, _run, process_journal())

@@ -31,6 +31,7 @@ from cloudevents.exceptions import GenericException as CloudEventsError
 from cloudevents.http import CloudEvent, from_http
 from pydantic import ValidationError
 
+from geozarr_pipeline.attempts import AttemptJournal, Outcome, StageAttempt
 from geozarr_pipeline.errors import (
     InvalidEvent,
     InvalidInput,
@@ -49,6 +50,7 @@ from geozarr_pipeline.events import (
     reply_id,
     validation_problems,
 )
+from geozarr_pipeline.redaction import quoted
 
 if TYPE_CHECKING:
     import flask
@@ -183,13 +185,7 @@ def build_failure(
             source=str(incoming["source"]),
             subject=incoming.get("subject"),
         ),
-        problem=Problem(
-            code=error.code,
-            message=error.message,
-            field=error.field,
-            retryable=False,
-            status=status_code_for(error),
-        ),
+        problem=_problem(error),
         input_event=event_as_json(incoming),
         failed_at=utc_now(),
     )
@@ -216,67 +212,130 @@ def _json_response(status: int, payload: Any) -> flask.Response:
 
 def error_response(error: PipelineError) -> flask.Response:
     status = status_code_for(error)
-    return _json_response(status, error.to_body())
+    body = error.to_body()
+    body["message"] = quoted(error.message)
+    return _json_response(status, body)
 
 
-def handle_request(request: flask.Request, stage: Stage, run: StageRunner) -> flask.Response:
-    """The whole life of one delivery: everything a stage entrypoint needs."""
-    started = time.monotonic()
-    event_id = request.headers.get("ce-id", "")
+def _problem(error: PipelineError) -> Problem:
+    return Problem(
+        code=error.code,
+        message=quoted(error.message),
+        field=error.field,
+        retryable=error.retryable,
+        status=status_code_for(error),
+    )
+
+
+def _item_of(data: EventData | None, event: CloudEvent) -> tuple[str | None, str | None]:
+    item_id = getattr(data, "item_id", None) or _data_field(event, "item_id")
+    collection = getattr(data, "collection", None) or _data_field(event, "collection")
+    return item_id, collection
+
+
+class Delivery:
+    """One delivery's transitions: the log line of each, and its attempt record."""
+
+    def __init__(self, stage: Stage, journal: AttemptJournal | None) -> None:
+        self.stage = stage
+        self.journal = journal
+        self.started = time.monotonic()
+        self.fields: dict[str, Any] = {"stage": stage.value}
+        self.attempt: StageAttempt | None = None
+
+    def identify(self, event: CloudEvent, data: EventData | None) -> None:
+        item_id, collection = _item_of(data, event)
+        self.fields.update(
+            event_id=event["id"],
+            event_type=event["type"],
+            item_id=item_id,
+            collection=collection,
+        )
+
+    def transition(
+        self, outcome: str, level: int = logging.INFO, *, exc_info: bool = False, **extra: Any
+    ) -> None:
+        """The one structured line of a transition: the same fields in every stage."""
+        duration = round(time.monotonic() - self.started, 3)
+        log.log(
+            level,
+            f"{self.stage.value} {outcome}",
+            exc_info=exc_info,
+            extra={**self.fields, "outcome": outcome, "duration_s": duration, **extra},
+        )
+
+    def start(self) -> None:
+        self.transition("started")
+        self._record_start()
+
+    def _record_start(self) -> None:
+        item_id, collection = self.fields.get("item_id"), self.fields.get("collection")
+        if self.journal is not None and item_id and collection:
+            self.attempt = self.journal.start(
+                self.stage,
+                collection=collection,
+                item_id=item_id,
+                event_id=self.fields["event_id"],
+                event_type=self.fields["event_type"],
+            )
+
+    def finish(
+        self, outcome: Outcome, problem: Problem | None = None, result: dict[str, Any] | None = None
+    ) -> None:
+        if self.attempt is None:
+            self._record_start()  # a failure before the work started (e.g. invalid data)
+        if self.journal is not None and self.attempt is not None:
+            self.journal.finish(self.attempt, outcome, problem=problem, result=result)
+
+
+def handle_request(
+    request: flask.Request,
+    stage: Stage,
+    run: StageRunner,
+    journal: AttemptJournal | None = None,
+) -> flask.Response:
+    """The whole life of one delivery: everything a stage entrypoint needs.
+
+    Every transition (started, done, failed, retry, crashed, refused) is one log line with
+    the same fields and, where the event names an item, a stage attempt record in `journal`.
+    """
+    delivery = Delivery(stage, journal)
+    delivery.fields["event_id"] = request.headers.get("ce-id", "")
     try:
         event = parse_event(dict(request.headers), request.get_data())
     except InvalidEvent as exc:
-        log.warning(
-            "request refused",
-            extra={"stage": stage.value, "event_id": event_id, "error": exc.message},
-        )
+        delivery.transition("refused", logging.WARNING, problem=exc.code, error=exc.message)
         return error_response(exc)
-    event_id = event["id"]
     data: EventData | None = None
     try:
         data = decode_input(stage, event)
-        log.info(
-            "event accepted",
-            extra={"stage": stage.value, "event_id": event_id, "event_type": event["type"]},
-        )
-        reply = build_reply(stage, event, run(data))
+        delivery.identify(event, data)
+        delivery.start()
+        result = run(data)
+        reply = build_reply(stage, event, result)
     except PermanentError as exc:
+        delivery.identify(event, data)
         reply = build_failure(stage, event, exc, data)
-        log.warning(
-            "event failed",
-            extra={
-                "stage": stage.value,
-                "event_id": event_id,
-                "subject": reply["subject"],
-                "problem": exc.code,
-                "field": exc.field,
-                "error": exc.message,
-            },
+        problem = _problem(exc)
+        delivery.transition(
+            "failed", logging.WARNING, problem=exc.code, field=exc.field, error=problem.message
         )
+        delivery.finish("failed", problem)
     except PipelineError as exc:
-        log.warning(
-            "event failed, retryable",
-            extra={
-                "stage": stage.value,
-                "event_id": event_id,
-                "status": status_code_for(exc),
-                "error": exc.message,
-            },
+        problem = _problem(exc)
+        delivery.transition(
+            "retry", logging.WARNING, status=problem.status, problem=exc.code, error=problem.message
         )
+        delivery.finish("retry", problem)
         return error_response(exc)
-    except Exception:
-        log.exception("event crashed", extra={"stage": stage.value, "event_id": event_id})
-        problem = {"error": "internal_error", "message": "unexpected failure; see the stage logs"}
-        return _json_response(500, problem)
+    except Exception:  # noqa: BLE001  # logged with its traceback and answered 500 (retried)
+        delivery.transition("crashed", logging.ERROR, exc_info=True)
+        crash = Problem(code="internal_error", message="unexpected", retryable=True, status=500)
+        delivery.finish("crashed", crash)
+        problem_body = {"error": "internal_error", "message": "unexpected failure; see the logs"}
+        return _json_response(500, problem_body)
+    else:
+        delivery.transition("done", reply_type=reply["type"])
+        delivery.finish("done", result=result.model_dump(mode="json"))
     headers, body = to_binary(reply)
-    log.info(
-        "event done",
-        extra={
-            "stage": stage.value,
-            "event_id": event_id,
-            "reply_type": reply["type"],
-            "subject": reply["subject"],
-            "elapsed_s": round(time.monotonic() - started, 3),
-        },
-    )
     return _response(200, body, headers)

@@ -21,6 +21,9 @@ class Settings(BaseSettings):
     s3_secret_access_key: SecretStr | None = None
     # Failure records: a folder or s3://bucket/prefix; default {output_root}/_failures.
     failures_root: str | None = None
+    # Stage attempt records for `status`: a folder or s3://bucket/prefix; default
+    # {output_root}/_status.
+    status_root: str | None = None
     # Public https form of output_root, for hrefs a browser can follow.
     public_base_url: str | None = None
 
@@ -63,5 +66,12 @@ class Settings(BaseSettings):
 
 @cache
 def get_settings() -> Settings:
-    """The process-wide settings, read from the environment on first use (not at import)."""
-    return Settings()
+    """The process-wide settings, read from the environment on first use (not at import).
+
+    Their secrets are registered for redaction before anything can log them.
+    """
+    from geozarr_pipeline.redaction import register_secrets, settings_secrets
+
+    settings = Settings()
+    register_secrets(settings_secrets(settings))
+    return settings

@@ -22,7 +22,7 @@ from types import FrameType
 from urllib.parse import urlsplit
 
 from geozarr_pipeline.cloudevent_http import parse_event
-from geozarr_pipeline.config import Settings
+from geozarr_pipeline.config import Settings, get_settings
 from geozarr_pipeline.errors import InvalidEvent, TransientError
 from geozarr_pipeline.failures.records import FailureRecord, record_from_event
 from geozarr_pipeline.failures.store import FailureStore, open_failure_store
@@ -117,7 +117,7 @@ def run(args: argparse.Namespace, settings: Settings | None = None) -> int:
     """Serve until SIGTERM/SIGINT; exit 2 when the failures root is unusable."""
     configure_logging(args.log_level)
     try:
-        store = open_failure_store(settings or Settings(), args.root)
+        store = open_failure_store(settings or get_settings(), args.root)
     except ValueError as exc:
         log.error("cannot start the failure recorder", extra={"error": str(exc)})
         return 2

@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from geozarr_pipeline.config import Settings
 from geozarr_pipeline.errors import TransientError
 from geozarr_pipeline.failures.records import FailureRecord
+from geozarr_pipeline.redaction import redact
 from geozarr_pipeline.s3 import NOT_FOUND_CODES, S3Client, error_code, s3_client
 
 FAILURES_FOLDER = "_failures"
@@ -34,7 +35,9 @@ def failures_root(settings: Settings) -> str:
 
 
 def _encoded(record: FailureRecord) -> bytes:
-    return (json.dumps(record.model_dump(mode="json"), indent=2, sort_keys=True) + "\n").encode()
+    """The record's JSON, with every secret redacted (an upstream may have echoed one)."""
+    text = json.dumps(record.model_dump(mode="json"), indent=2, sort_keys=True)
+    return (redact(text) + "\n").encode()
 
 
 def _decoded(body: bytes) -> FailureRecord | None:

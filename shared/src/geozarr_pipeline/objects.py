@@ -1,0 +1,194 @@
+"""Small JSON documents in the object storage the pipeline already has: a folder or S3.
+
+`open_object_store(settings, root)` gives the same four calls on both: `put` (optionally
+create-only, the first writer wins), `get`, `keys` under a prefix, `delete`. Keys are
+`/`-separated relative names; the caller builds them from checked ids only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from abc import ABC, abstractmethod
+from pathlib import Path
+from types import TracebackType
+from urllib.parse import urlparse
+
+from geozarr_pipeline.config import Settings
+from geozarr_pipeline.errors import TransientError
+from geozarr_pipeline.s3 import NOT_FOUND_CODES, S3Client, error_code, s3_client
+
+
+class ObjectStore(ABC):
+    location: str
+
+    @abstractmethod
+    def put(self, key: str, body: bytes, *, if_absent: bool = False) -> bool:
+        """Write `body` at `key`; with `if_absent`, only if nothing is there (True if written)."""
+
+    @abstractmethod
+    def get(self, key: str) -> bytes | None: ...
+
+    @abstractmethod
+    def keys(self, prefix: str = "") -> list[str]:
+        """Every key under `prefix` (a folder-like prefix ending in '/' or empty), sorted."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove `key`; nothing there is not an error."""
+
+    def close(self) -> None:
+        return None
+
+    def __enter__(self) -> ObjectStore:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class FolderObjectStore(ObjectStore):
+    """Files written to a temporary name, then renamed (or linked, create-only) into place."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.location = str(root)
+
+    def _path(self, key: str) -> Path:
+        return self.root / key
+
+    def put(self, key: str, body: bytes, *, if_absent: bool = False) -> bool:
+        path = self._path(key)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
+            try:
+                with os.fdopen(fd, "wb") as handle:
+                    handle.write(body)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                if if_absent:
+                    os.link(tmp_name, path)  # refuses an existing name
+                else:
+                    os.replace(tmp_name, path)
+            except FileExistsError:
+                return False
+            finally:
+                Path(tmp_name).unlink(missing_ok=True)
+        except OSError as exc:
+            raise TransientError(f"cannot write {key} to {self.root}: {exc}") from exc
+        return True
+
+    def get(self, key: str) -> bytes | None:
+        try:
+            return self._path(key).read_bytes()
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            return None
+        except OSError as exc:
+            raise TransientError(f"cannot read {key} from {self.root}: {exc}") from exc
+
+    def keys(self, prefix: str = "") -> list[str]:
+        base = self._path(prefix) if prefix else self.root
+        if not base.is_dir():
+            return []
+        return sorted(
+            path.relative_to(self.root).as_posix()
+            for path in base.rglob("*")
+            if path.is_file() and not path.name.startswith(".")
+        )
+
+    def delete(self, key: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._path(key).unlink()
+
+
+class S3ObjectStore(ObjectStore):
+    """Objects under a prefix; create-only writes use `If-None-Match: *`."""
+
+    def __init__(self, bucket: str, prefix: str, client: S3Client) -> None:
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.client = client
+        self.location = f"s3://{bucket}/{self.prefix}"
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def put(self, key: str, body: bytes, *, if_absent: bool = False) -> bool:
+        from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[import-untyped]
+
+        extra = {"IfNoneMatch": "*"} if if_absent else {}
+        try:
+            self.client.put_object(
+                Bucket=self.bucket,
+                Key=self._key(key),
+                Body=body,
+                ContentType="application/json",
+                **extra,
+            )
+        except ClientError as exc:
+            if if_absent and error_code(exc) == "PreconditionFailed":
+                return False
+            raise TransientError(f"cannot write {key} to {self.location}: {exc}") from exc
+        except BotoCoreError as exc:
+            raise TransientError(f"cannot write {key} to {self.location}: {exc}") from exc
+        return True
+
+    def get(self, key: str) -> bytes | None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            body: bytes = self.client.get_object(Bucket=self.bucket, Key=self._key(key))[
+                "Body"
+            ].read()
+        except ClientError as exc:
+            if error_code(exc) in NOT_FOUND_CODES:
+                return None
+            raise TransientError(f"cannot read {key} from {self.location}: {exc}") from exc
+        except BotoCoreError as exc:
+            raise TransientError(f"cannot read {key} from {self.location}: {exc}") from exc
+        return body
+
+    def keys(self, prefix: str = "") -> list[str]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        full = self._key(prefix) if prefix else (f"{self.prefix}/" if self.prefix else "")
+        strip = len(f"{self.prefix}/") if self.prefix else 0
+        try:
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=full
+            )
+            return sorted(
+                str(item["Key"])[strip:] for page in pages for item in page.get("Contents", [])
+            )
+        except (ClientError, BotoCoreError) as exc:
+            raise TransientError(f"cannot list {self.location}: {exc}") from exc
+
+    def delete(self, key: str) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+        except (ClientError, BotoCoreError) as exc:
+            raise TransientError(f"cannot delete {key} from {self.location}: {exc}") from exc
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def open_object_store(settings: Settings, root: str) -> ObjectStore:
+    """The store at `root`: a folder (or file:// URL) or s3://bucket/prefix."""
+    parsed = urlparse(root)
+    if parsed.scheme == "s3":
+        if not parsed.netloc:
+            raise ValueError(f"{root!r} names no bucket")
+        return S3ObjectStore(parsed.netloc, parsed.path, s3_client(settings))
+    if parsed.scheme in ("", "file"):
+        return FolderObjectStore(Path(parsed.path if parsed.scheme == "file" else root))
+    raise ValueError(f"{root!r} must be a folder or an s3:// URL")
