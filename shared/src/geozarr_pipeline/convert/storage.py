@@ -16,6 +16,11 @@ Output location: `{output_root}/{collection}/{item_id}.zarr`, with two siblings:
   deletes any unmarked leftovers under the prefix first. The lease is
   a lock object created with `If-None-Match: *`, renewed with `If-Match`, and taken over
   only once expired, so two deliveries never convert the same item at once.
+
+Listing and removal (the operator commands `delete` and `cleanup`): `iter_outputs` walks the
+layout above (names starting with `_` or `.` under output_root are not collections: `_failures`,
+`_status`, `_audit`), `output_info` looks one item up, `lease_held` tells whether a conversion
+runs without taking its lease, and `removal_lease` holds the lease while an output is removed.
 """
 
 from __future__ import annotations
@@ -30,7 +35,10 @@ import threading
 import time
 import uuid
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -38,11 +46,11 @@ from urllib.parse import urlparse
 from geozarr_pipeline.config import Settings
 from geozarr_pipeline.errors import InProgress, InvalidInput, TransientError
 from geozarr_pipeline.events import check_safe_id
+from geozarr_pipeline.provenance import MARKER_FORMAT as MARKER_FORMAT  # re-exported
+from geozarr_pipeline.provenance import MARKER_SUFFIX
 from geozarr_pipeline.s3 import NOT_FOUND_CODES, S3Client, error_code, s3_client
 
-MARKER_FORMAT = "geozarr-pipeline/convert-marker/1"
 UPLOAD_THREADS = 16
-MARKER_SUFFIX = ".done.json"
 LOCK_SUFFIX = ".lock"
 
 
@@ -499,3 +507,319 @@ def output_for(settings: Settings, collection: str, item_id: str) -> OutputLocat
     if "://" in root and not root.startswith("file://"):
         raise InvalidInput(f"output_root {root!r}: only a folder or s3://bucket/prefix")
     return LocalOutput(Path(root.removeprefix("file://")), collection, item_id)
+
+
+# Listing and removal --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OutputInfo:
+    """One converted output found under output_root: a marker, a store, or both."""
+
+    collection: str
+    item_id: str
+    url: str
+    marker: dict[str, Any] | None  # None when absent or unreadable
+    marker_present: bool
+    store_present: bool
+    completed_at: datetime | None  # the marker's `completed_at`
+    # When the output was last written: the marker's modification time, else (no marker)
+    # the newest file or object of the store.
+    modified_at: datetime | None
+
+    @property
+    def age_reference(self) -> datetime | None:
+        """The time an expiry compares: completion, else the last write."""
+        return self.completed_at or self.modified_at
+
+
+def _completed_at(marker: dict[str, Any] | None) -> datetime | None:
+    value = marker.get("completed_at") if marker else None
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _safe_or_none(value: str) -> str | None:
+    try:
+        return check_safe_id(value)
+    except ValueError:
+        return None
+
+
+def _ids_from_names(stores: set[str], markers: set[str]) -> list[str]:
+    """Item ids from store names (`{id}.zarr`) and marker names (`{id}.zarr.done.json`)."""
+    ids = {name.removesuffix(".zarr") for name in stores if name.endswith(".zarr")}
+    suffix = f".zarr{MARKER_SUFFIX}"
+    ids |= {name.removesuffix(suffix) for name in markers if name.endswith(suffix)}
+    return sorted(i for i in ids if _safe_or_none(i) is not None)
+
+
+def _is_collection_name(name: str) -> bool:
+    return not name.startswith(("_", ".")) and _safe_or_none(name) is not None
+
+
+def iter_outputs(settings: Settings, collection: str | None = None) -> Iterator[OutputInfo]:
+    """Every converted output under output_root (of one collection), by collection and id."""
+    if collection is not None:
+        check_safe_id(collection)
+    if is_s3(settings.output_root):
+        yield from _s3_outputs(settings, collection)
+    else:
+        yield from _local_outputs(settings, collection)
+
+
+def output_info(settings: Settings, collection: str, item_id: str) -> OutputInfo | None:
+    """The output of one item; None when it has neither a marker nor a store."""
+    location = output_for(settings, collection, item_id)
+    if isinstance(location, S3Output):
+        client = s3_client(settings)
+        try:
+            return _s3_info(client, location, store_present=None)
+        finally:
+            client.close()
+    assert isinstance(location, LocalOutput)
+    return _local_info(location)
+
+
+# Listing on the filesystem
+
+
+def _local_root(settings: Settings) -> Path:
+    return Path(settings.output_root.removeprefix("file://")).resolve()
+
+
+def _mtime(path: Path) -> datetime | None:
+    try:
+        return datetime.fromtimestamp(path.stat().st_mtime, UTC)
+    except FileNotFoundError:
+        return None
+
+
+def _newest_mtime(folder: Path) -> datetime | None:
+    newest = _mtime(folder)
+    for parent, _dirs, files in os.walk(folder):
+        for name in files:
+            found = _mtime(Path(parent) / name)
+            if found is not None and (newest is None or found > newest):
+                newest = found
+    return newest
+
+
+def _local_info(location: LocalOutput) -> OutputInfo | None:
+    marker_time = _mtime(location.marker)
+    store_present = location.store.is_dir()
+    if marker_time is None and not store_present:
+        return None
+    marker = location.read_marker() if marker_time is not None else None
+    return OutputInfo(
+        collection=location.collection,
+        item_id=location.item_id,
+        url=location.url,
+        marker=marker,
+        marker_present=marker_time is not None,
+        store_present=store_present,
+        completed_at=_completed_at(marker),
+        modified_at=marker_time or _newest_mtime(location.store),
+    )
+
+
+def _local_outputs(settings: Settings, collection: str | None) -> Iterator[OutputInfo]:
+    root = _local_root(settings)
+    if not root.is_dir():
+        return
+    names = [collection] if collection is not None else sorted(p.name for p in root.iterdir())
+    for name in names:
+        folder = root / name
+        if not _is_collection_name(name) or not folder.is_dir():
+            continue
+        entries = list(folder.iterdir())
+        stores = {p.name for p in entries if p.is_dir()}
+        markers = {p.name for p in entries if p.is_file()}
+        for item_id in _ids_from_names(stores, markers):
+            info = _local_info(LocalOutput(root, name, item_id))
+            if info is not None:
+                yield info
+
+
+# Listing on S3
+
+
+def _s3_error(what: str, exc: Exception) -> TransientError:
+    return TransientError(f"S3 {what} failed: {exc}")
+
+
+def _s3_get(client: S3Client, bucket: str, key: str) -> dict[str, Any] | None:
+    """The object's reply with its body read (`Body` bytes); None when it does not exist."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        reply: dict[str, Any] = client.get_object(Bucket=bucket, Key=key)
+        reply["Body"] = reply["Body"].read()
+    except ClientError as exc:
+        if error_code(exc) in NOT_FOUND_CODES:
+            return None
+        raise _s3_error(f"read of s3://{bucket}/{key}", exc) from exc
+    except BotoCoreError as exc:
+        raise _s3_error(f"read of s3://{bucket}/{key}", exc) from exc
+    return reply
+
+
+def _s3_pages(
+    client: S3Client, bucket: str, prefix: str, delimiter: str | None = None
+) -> Iterator[dict[str, Any]]:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    options: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
+    if delimiter:
+        options["Delimiter"] = delimiter
+    try:
+        yield from client.get_paginator("list_objects_v2").paginate(**options)
+    except (ClientError, BotoCoreError) as exc:
+        raise _s3_error(f"listing of s3://{bucket}/{prefix}", exc) from exc
+
+
+def _s3_newest(client: S3Client, bucket: str, prefix: str) -> datetime | None:
+    """The newest LastModified under the prefix; None when it holds nothing."""
+    times = [
+        obj["LastModified"]
+        for page in _s3_pages(client, bucket, prefix)
+        for obj in page.get("Contents", [])
+    ]
+    return max(times) if times else None
+
+
+def _s3_any(client: S3Client, bucket: str, prefix: str) -> bool:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        reply = client.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1)
+    except (ClientError, BotoCoreError) as exc:
+        raise _s3_error(f"listing of s3://{bucket}/{prefix}", exc) from exc
+    return bool(reply.get("KeyCount") or reply.get("Contents"))
+
+
+def _s3_info(client: S3Client, location: S3Output, store_present: bool | None) -> OutputInfo | None:
+    """`store_present` if a listing told already, else None to look it up."""
+    bucket = location.bucket
+    reply = _s3_get(client, bucket, location.marker_key)
+    newest = None
+    if reply is None:  # no marker: the store's own age counts (a full listing, rare)
+        newest = _s3_newest(client, bucket, f"{location.key}/")
+        store_present = newest is not None
+    elif store_present is None:
+        store_present = _s3_any(client, bucket, f"{location.key}/")
+    if reply is None and not store_present:
+        return None
+    marker: dict[str, Any] | None = None
+    if reply is not None:
+        with contextlib.suppress(ValueError):
+            loaded = json.loads(reply["Body"])
+            marker = loaded if isinstance(loaded, dict) else None
+    return OutputInfo(
+        collection=location.collection,
+        item_id=location.item_id,
+        url=location.url,
+        marker=marker,
+        marker_present=reply is not None,
+        store_present=store_present,
+        completed_at=_completed_at(marker),
+        modified_at=reply["LastModified"] if reply is not None else newest,
+    )
+
+
+def _s3_collections(
+    client: S3Client, bucket: str, prefix: str, collection: str | None
+) -> list[str]:
+    if collection is not None:
+        return [collection]
+    names = [
+        str(common["Prefix"])[len(prefix) :].rstrip("/")
+        for page in _s3_pages(client, bucket, prefix, delimiter="/")
+        for common in page.get("CommonPrefixes", [])
+    ]
+    return sorted(name for name in names if _is_collection_name(name))
+
+
+def _s3_outputs(settings: Settings, collection: str | None) -> Iterator[OutputInfo]:
+    parsed = urlparse(settings.output_root)
+    if not parsed.netloc:
+        raise InvalidInput(f"output_root {settings.output_root!r} names no bucket")
+    bucket = parsed.netloc
+    root = parsed.path.strip("/")
+    prefix = f"{root}/" if root else ""
+    client = s3_client(settings)
+    try:
+        for name in _s3_collections(client, bucket, prefix, collection):
+            stores: set[str] = set()
+            markers: set[str] = set()
+            for page in _s3_pages(client, bucket, f"{prefix}{name}/", delimiter="/"):
+                start = len(prefix) + len(name) + 1
+                stores |= {
+                    str(c["Prefix"])[start:].rstrip("/") for c in page.get("CommonPrefixes", [])
+                }
+                markers |= {str(o["Key"])[start:] for o in page.get("Contents", [])}
+            for item_id in _ids_from_names(stores, markers):
+                location = S3Output(settings, name, item_id)
+                info = _s3_info(client, location, store_present=f"{item_id}.zarr" in stores)
+                if info is not None:
+                    yield info
+    finally:
+        client.close()
+
+
+# Leases of a removal
+
+
+def lease_held(location: OutputLocation) -> bool:
+    """Whether a conversion holds the item's lease right now, without taking it over."""
+    if isinstance(location, LocalOutput):
+        return _local_lease_held(location)
+    assert isinstance(location, S3Output)
+    reply = _s3_get(location.client, location.bucket, location.lock_key)
+    if reply is None:
+        return False
+    try:
+        expires_at = float(json.loads(reply["Body"])["expires_at"])
+    except (ValueError, KeyError, TypeError):
+        return False  # unreadable: the next acquire takes it over as expired
+    return expires_at > time.time()
+
+
+def _local_lease_held(location: LocalOutput) -> bool:
+    try:
+        fd = os.open(location.lock, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing releases the probe's shared lock at once
+    return False
+
+
+@contextlib.contextmanager
+def removal_lease(location: OutputLocation, lease_seconds: float) -> Iterator[None]:
+    """Hold the item's lease while its output is removed; InProgress if a conversion has it.
+
+    Without a collection folder on the filesystem nothing runs and nothing is stored, so no
+    lock file is created. After a removal that went through, the local lock file is removed
+    while still held (S3's lock object goes with the release).
+    """
+    if isinstance(location, LocalOutput) and not location.folder.is_dir():
+        yield
+        return
+    lease = location.acquire(lease_seconds)
+    try:
+        yield
+        lease.verify()
+        if isinstance(location, LocalOutput):
+            location.lock.unlink(missing_ok=True)
+    finally:
+        lease.release()

@@ -21,6 +21,7 @@ from geozarr_pipeline.convert import check, engine, sources, storage
 from geozarr_pipeline.convert.progress import Progress
 from geozarr_pipeline.errors import OutputCheckFailed
 from geozarr_pipeline.events import ConvertDone, ConvertRequested
+from geozarr_pipeline.provenance import pipeline_version
 
 
 def finished(location: storage.OutputLocation) -> ConvertDone | None:
@@ -205,4 +206,5 @@ def _marker(
         "completed_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "duration_s": progress.elapsed,
         "eopf_geozarr": engine.load_library().version,
+        "pipeline": pipeline_version(),
     }

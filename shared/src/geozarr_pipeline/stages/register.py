@@ -18,14 +18,32 @@ from geozarr_pipeline.catalog import Catalog, opened_catalog
 from geozarr_pipeline.config import Settings
 from geozarr_pipeline.errors import OutputCheckFailed
 from geozarr_pipeline.events import ConvertDone, RegisterDone
+from geozarr_pipeline.provenance import (
+    MARKER_FORMAT,
+    MARKER_SUFFIX,
+    PROCESSING_EXTENSION,
+    processing_properties,
+)
 from geozarr_pipeline.stac.hrefs import store_href
-from geozarr_pipeline.stac.item import build_item
+from geozarr_pipeline.stac.item import build_item, merge_extensions
 from geozarr_pipeline.stac.source import derived_from_link, fetch_source_item, item_from_product
 from geozarr_pipeline.stac.store import node_exists, open_reader, read_store
 from geozarr_pipeline.stac.validate import validate_item
 from geozarr_pipeline.urlpolicy import check_url
 
 log = logging.getLogger(__name__)
+
+
+def conversion_marker(
+    store_url: str, settings: Settings, client: httpx.Client
+) -> dict[str, Any] | None:
+    """The completion marker beside the store (`{store}.done.json`), if there is one."""
+    parent, _, name = store_url.rstrip("/").rpartition("/")
+    if not parent:
+        return None
+    with contextlib.closing(open_reader(parent, settings, client)) as reader:
+        marker = reader.read_json(f"{name}{MARKER_SUFFIX}")
+    return marker if marker and marker.get("format") == MARKER_FORMAT else None
 
 
 def build_registered_item(
@@ -57,6 +75,9 @@ def build_registered_item(
             f"assets {', '.join(sorted(missing))} point at nodes missing from {store_url}"
         )
     item["links"].append({"rel": "collection", "href": collection_url, "type": "application/json"})
+    marker = conversion_marker(store_url, settings, client)
+    item["properties"].update(processing_properties(marker, item["properties"]))
+    item["stac_extensions"] = merge_extensions(item["stac_extensions"], [PROCESSING_EXTENSION])
     validate_item(item)
     return item
 
