@@ -64,14 +64,17 @@ class Settings(BaseSettings):
     raster_api_url: str = "http://127.0.0.1:8010"
 
 
-@cache
-def get_settings() -> Settings:
-    """The process-wide settings, read from the environment on first use (not at import).
-
-    Their secrets are registered for redaction before anything can log them.
-    """
+def read_settings() -> Settings:
+    """Settings read from the environment now, their secrets registered for redaction
+    before anything can log them (the CLI reads them per command)."""
     from geozarr_pipeline.redaction import register_secrets, settings_secrets
 
     settings = Settings()
     register_secrets(settings_secrets(settings))
     return settings
+
+
+@cache
+def get_settings() -> Settings:
+    """The process-wide settings of a stage, read on first use (not at import)."""
+    return read_settings()

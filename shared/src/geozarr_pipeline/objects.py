@@ -38,6 +38,10 @@ class ObjectStore(ABC):
     def delete(self, key: str) -> None:
         """Remove `key`; nothing there is not an error."""
 
+    @abstractmethod
+    def usage(self, prefix: str = "") -> tuple[int, int]:
+        """(objects, bytes) under `prefix`."""
+
     def close(self) -> None:
         return None
 
@@ -106,6 +110,11 @@ class FolderObjectStore(ObjectStore):
     def delete(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self._path(key).unlink()
+
+    def usage(self, prefix: str = "") -> tuple[int, int]:
+        base = self._path(prefix) if prefix else self.root
+        sizes = [p.stat().st_size for p in base.rglob("*") if p.is_file()] if base.is_dir() else []
+        return len(sizes), sum(sizes)
 
 
 class S3ObjectStore(ObjectStore):
@@ -177,6 +186,23 @@ class S3ObjectStore(ObjectStore):
             self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
         except (ClientError, BotoCoreError) as exc:
             raise TransientError(f"cannot delete {key} from {self.location}: {exc}") from exc
+
+    def usage(self, prefix: str = "") -> tuple[int, int]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        full = self._key(prefix) if prefix else (f"{self.prefix}/" if self.prefix else "")
+        count = size = 0
+        try:
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=full
+            )
+            for page in pages:
+                for item in page.get("Contents", []):
+                    count += 1
+                    size += int(item.get("Size", 0))
+        except (ClientError, BotoCoreError) as exc:
+            raise TransientError(f"cannot list {self.location}: {exc}") from exc
+        return count, size
 
     def close(self) -> None:
         self.client.close()

@@ -1,0 +1,373 @@
+"""`geozarr-pipeline status`: where an item is, from the stores the pipeline already has.
+
+Evidence, for each stage of one item:
+- the stage attempt records (`attempts`): when each delivery started and ended, and how;
+- the failure records that are not resolved: a problem the stage gave up on;
+- the outputs themselves: convert's completion marker and lease, the catalog item, and the
+  item's viewer link (augment's mark).
+
+The outputs decide what is done; the newest of the rest decides running, failed or retrying.
+The same settings as the functions (GEOZARR_*) point it at the local stack or the cluster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from geozarr_pipeline.attempts import AttemptJournal, StageAttempt, open_attempt_journal
+from geozarr_pipeline.catalog import Catalog, opened_catalog
+from geozarr_pipeline.config import Settings, read_settings
+from geozarr_pipeline.convert.storage import output_for
+from geozarr_pipeline.errors import PipelineError, SourceNotFound
+from geozarr_pipeline.events import Stage, check_safe_id
+from geozarr_pipeline.failures.records import FailureRecord
+from geozarr_pipeline.failures.resolutions import ResolutionLog, open_resolution_log
+from geozarr_pipeline.failures.store import FailureStore, open_failure_store
+from geozarr_pipeline.objects import open_object_store
+from geozarr_pipeline.provenance import MARKER_FORMAT
+
+STAGES = (Stage.CONVERT, Stage.REGISTER, Stage.AUGMENT)
+RUNNING_WORDS = {Stage.CONVERT: "converting", Stage.REGISTER: "registering"}
+
+
+@dataclass
+class StageStatus:
+    stage: str
+    state: str = "not started"
+    started_at: str | None = None
+    finished_at: str | None = None
+    duration_s: float | None = None
+    attempts: int = 0
+    problem: dict[str, Any] | None = None
+    failure_record: str | None = None
+
+
+@dataclass
+class ItemStatus:
+    collection: str
+    item_id: str
+    stages: list[StageStatus]
+    store_url: str | None = None
+    store_objects: int | None = None
+    store_bytes: int | None = None
+    item_url: str | None = None
+    viewer_url: str | None = None
+    converter_version: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def state(self) -> str:
+        """`done`, or the first stage that is not done with its state."""
+        for stage in self.stages:
+            if stage.state != "done":
+                if stage.state == "not started" and stage is self.stages[0]:
+                    return "not started"
+                return f"{stage.stage} {stage.state}"
+        return "done"
+
+    @property
+    def last_activity(self) -> str:
+        times = [t for s in self.stages for t in (s.started_at, s.finished_at) if t]
+        return max(times, default="")
+
+    def as_json(self) -> dict[str, Any]:
+        return {**asdict(self), "state": self.state, "last_activity": self.last_activity or None}
+
+
+@dataclass
+class Outputs:
+    """What the stores show of one item, stage by stage."""
+
+    marker: dict[str, Any] | None = None
+    lease_held: bool = False
+    store_url: str | None = None
+    item: dict[str, Any] | None = None
+    item_url: str | None = None
+
+    def done(self, stage: Stage) -> bool:
+        if stage == Stage.CONVERT:
+            return self.marker is not None
+        if stage == Stage.REGISTER:
+            return self.item is not None
+        return self.viewer_url is not None
+
+    @property
+    def viewer_url(self) -> str | None:
+        for link in (self.item or {}).get("links") or []:
+            if isinstance(link, dict) and link.get("rel") == "viewer" and link.get("href"):
+                return str(link["href"])
+        return None
+
+
+@dataclass
+class Sources:
+    """The stores status reads, opened once for a whole listing."""
+
+    settings: Settings
+    journal: AttemptJournal
+    failures: list[FailureRecord]
+    resolutions: ResolutionLog
+    catalog: Catalog
+
+    def outputs(self, collection: str, item_id: str, *, with_size: bool) -> tuple[Outputs, Any]:
+        found = Outputs()
+        with output_for(self.settings, collection, item_id) as location:
+            marker = location.read_marker()
+            if marker and marker.get("format") == MARKER_FORMAT and location.store_exists():
+                found.marker = marker
+            found.lease_held = location.lease_held()
+            found.store_url = location.url
+        try:
+            found.item = self.catalog.get_item(collection, item_id)
+            found.item_url = self.catalog.item_url(collection, item_id)
+        except SourceNotFound:
+            found.item = None
+        usage = None
+        if with_size and found.marker is not None and found.store_url:
+            with open_object_store(self.settings, found.store_url) as store:
+                usage = store.usage()
+        return found, usage
+
+
+@contextlib.contextmanager
+def open_sources(settings: Settings) -> Iterator[Sources]:
+    with contextlib.ExitStack() as stack:
+        journal = open_attempt_journal(settings)
+        stack.callback(journal.close)
+        failure_store: FailureStore = stack.enter_context(open_failure_store(settings))
+        resolutions = open_resolution_log(settings)
+        stack.callback(resolutions.close)
+        resolved = resolutions.resolved_ids()
+        failures = [r for r in failure_store.list() if r.record_id not in resolved]
+        catalog = stack.enter_context(opened_catalog(settings))
+        yield Sources(settings, journal, failures, resolutions, catalog)
+
+
+def _stage_status(
+    stage: Stage,
+    attempts: list[StageAttempt],
+    failures: list[FailureRecord],
+    outputs: Outputs,
+) -> StageStatus:
+    status = StageStatus(stage=stage.value, attempts=len(attempts))
+    latest = attempts[-1] if attempts else None
+    failure = failures[-1] if failures else None
+    if latest is not None:
+        status.started_at = latest.started_at
+        status.finished_at = latest.finished_at
+        status.duration_s = latest.duration_s
+        if latest.problem is not None:
+            status.problem = latest.problem.model_dump(mode="json")
+    failure_newer = failure is not None and (
+        latest is None or failure.recorded_at >= (latest.finished_at or latest.started_at)
+    )
+    if failure is not None and failure_newer:
+        status.problem = failure.problem.model_dump(mode="json")
+        status.failure_record = failure.record_id
+    running = latest is not None and latest.outcome == "running"
+    if running and (stage != Stage.CONVERT or outputs.lease_held):
+        status.state = RUNNING_WORDS.get(stage, "running")
+    elif outputs.done(stage):
+        status.state = "done"
+        if stage == Stage.CONVERT and outputs.marker:
+            status.finished_at = status.finished_at or outputs.marker.get("completed_at")
+            status.duration_s = status.duration_s or outputs.marker.get("duration_s")
+        if latest is not None and latest.outcome != "done" and not failure_newer:
+            # The stage's output is there; the latest delivery is an older redelivery's.
+            status.problem = None
+        if failure_newer:
+            status.state = "failed"
+    elif failure_newer or (latest is not None and latest.outcome == "failed"):
+        status.state = "failed"
+    elif running:
+        status.state = "interrupted"
+    elif latest is not None and latest.outcome in ("retry", "crashed"):
+        status.state = "retrying"
+    elif latest is not None and latest.outcome == "done":
+        status.state = "not started"  # its output was removed since
+    return status
+
+
+def item_status(
+    sources: Sources, collection: str, item_id: str, *, with_size: bool = True
+) -> ItemStatus:
+    attempts = sources.journal.attempts(collection, item_id)
+    outputs, usage = sources.outputs(collection, item_id, with_size=with_size)
+    stages = [
+        _stage_status(
+            stage,
+            [a for a in attempts if a.stage == stage],
+            [
+                r
+                for r in sources.failures
+                if r.stage == stage.value and r.item_id == item_id and r.collection == collection
+            ],
+            outputs,
+        )
+        for stage in STAGES
+    ]
+    status = ItemStatus(collection=collection, item_id=item_id, stages=stages)
+    if outputs.marker is not None:
+        status.store_url = outputs.store_url
+        status.converter_version = outputs.marker.get("eopf_geozarr")
+    if usage is not None:
+        status.store_objects, status.store_bytes = usage
+    status.item_url = outputs.item_url
+    status.viewer_url = outputs.viewer_url
+    if attempts and stages[0].state == "not started" and attempts[-1].outcome == "done":
+        status.notes.append("converted before, but the store is gone")
+    return status
+
+
+def known_items(sources: Sources, collection: str | None) -> list[tuple[str, str]]:
+    """Every item with an attempt, a failure record or a converted store."""
+    from geozarr_pipeline.convert.storage import iter_outputs
+
+    found = set(sources.journal.items(collection))
+    found |= {
+        (r.collection, r.item_id)
+        for r in sources.failures
+        if r.collection and r.item_id and (collection is None or r.collection == collection)
+    }
+    found |= {(o.collection, o.item_id) for o in iter_outputs(sources.settings, collection)}
+    return sorted(found)
+
+
+def collections_of(sources: Sources, item_id: str) -> list[str]:
+    return sorted({c for c, i in known_items(sources, None) if i == item_id})
+
+
+# --- output -----------------------------------------------------------------------------------
+
+
+def _size(value: int | None) -> str:
+    if value is None:
+        return "-"
+    size = float(value)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"
+
+
+def format_item(status: ItemStatus) -> str:
+    lines = [f"{status.collection}/{status.item_id}: {status.state}"]
+    header = ("STAGE", "STATE", "STARTED", "FINISHED", "SECONDS", "ATTEMPTS", "PROBLEM")
+    rows = [header]
+    for stage in status.stages:
+        problem = stage.problem or {}
+        text = f"{problem.get('code')}: {problem.get('message')}" if problem else "-"
+        rows.append(
+            (
+                stage.stage,
+                stage.state,
+                stage.started_at or "-",
+                stage.finished_at or "-",
+                f"{stage.duration_s:.1f}" if stage.duration_s is not None else "-",
+                str(stage.attempts),
+                text[:100],
+            )
+        )
+    lines += _table(rows)
+    store = status.store_url or "-"
+    if status.store_url:
+        store += f" ({_size(status.store_bytes)} in {status.store_objects} objects"
+        store += f", eopf-geozarr {status.converter_version})" if status.converter_version else ")"
+    lines.append(f"store:  {store}")
+    lines.append(f"item:   {status.item_url or '-'}")
+    lines.append(f"viewer: {status.viewer_url or '-'}")
+    for stage in status.stages:
+        if stage.failure_record:
+            lines.append(f"failure record ({stage.stage}): {stage.failure_record}")
+    lines += [f"note: {note}" for note in status.notes]
+    return "\n".join(lines)
+
+
+def _table(rows: Sequence[Sequence[str]]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
+
+
+def format_listing(statuses: Sequence[ItemStatus]) -> str:
+    rows = [("ITEM", "COLLECTION", "STATE", "LAST ACTIVITY", "STORE")]
+    rows += [
+        (s.item_id, s.collection, s.state, s.last_activity or "-", _size(s.store_bytes))
+        for s in statuses
+    ]
+    counts = Counter(s.state for s in statuses)
+    summary = ", ".join(f"{state}: {n}" for state, n in sorted(counts.items()))
+    return "\n".join([*_table(rows), "", f"{len(statuses)} items ({summary or 'none'})"])
+
+
+# --- CLI --------------------------------------------------------------------------------------
+
+
+def _single(sources: Sources, args: argparse.Namespace) -> ItemStatus | None:
+    item_id = check_safe_id(args.item_id)
+    collections = [args.collection] if args.collection else collections_of(sources, item_id)
+    if not collections:
+        print(
+            f"status: nothing known of item {item_id}; give --collection to check", file=sys.stderr
+        )
+        return None
+    if len(collections) > 1:
+        print(
+            f"status: item {item_id} is in several collections ({', '.join(collections)}); "
+            "give --collection",
+            file=sys.stderr,
+        )
+        return None
+    return item_status(sources, check_safe_id(collections[0]), item_id)
+
+
+def _command(args: argparse.Namespace) -> int:
+    if args.item_id is None and args.collection is None:
+        print("status: give ITEM_ID, or --collection C for a listing", file=sys.stderr)
+        return 2
+    try:
+        with open_sources(read_settings()) as sources:
+            if args.item_id is not None:
+                status = _single(sources, args)
+                if status is None:
+                    return 1
+                print(json.dumps(status.as_json(), indent=2) if args.json else format_item(status))
+                return 0
+            statuses = [
+                item_status(sources, c, i)
+                for c, i in known_items(sources, check_safe_id(args.collection))
+            ]
+    except (PipelineError, ValueError) as exc:
+        print(f"status: {exc}", file=sys.stderr)
+        return 1
+    if args.since:
+        statuses = [s for s in statuses if s.last_activity >= args.since]
+    if args.json:
+        print(json.dumps([s.as_json() for s in statuses], indent=2))
+    else:
+        print(format_listing(statuses))
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "status",
+        help="each stage's state of an item (or of a collection's items), from the stores",
+    )
+    parser.add_argument("item_id", nargs="?", default=None)
+    parser.add_argument("--collection", default=None)
+    parser.add_argument(
+        "--since", default=None, help="listing: items active at or after this ISO time"
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON for scripts")
+    parser.set_defaults(func=_command)
