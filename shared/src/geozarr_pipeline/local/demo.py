@@ -56,6 +56,28 @@ def _add_stack_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--root", type=Path, default=Path("data/demo"), help="state folder")
     parser.add_argument("--manifests", type=Path, default=default_manifests())
     parser.add_argument("--fresh", action="store_true", help="delete --root first")
+    parser.add_argument(
+        "--stac-api",
+        action="store_true",
+        help="register into a local STAC API (PostgreSQL + pgstac + stac-fastapi-pgstac) "
+        "started for the run, instead of the static catalog",
+    )
+    parser.add_argument(
+        "--use-env",
+        action="store_true",
+        help="take GEOZARR_* settings from the environment over the embedded defaults, e.g. "
+        "GEOZARR_OUTPUT_ROOT=s3://bucket/prefix with GEOZARR_S3_ENDPOINT_URL and keys",
+    )
+
+
+def _stack_for(args: argparse.Namespace, **options: Any) -> LocalStack:
+    return LocalStack(
+        _prepare_root(args),
+        manifests=args.manifests,
+        stac_api=args.stac_api,
+        inherit_env=args.use_env,
+        **options,
+    )
 
 
 def _prepare_root(args: argparse.Namespace) -> Path:
@@ -70,6 +92,10 @@ def _print_urls(stack: LocalStack) -> None:
     for name, url in stack.urls.items():
         print(f"  {name:18} {url}")
     print(f"  logs               {stack.root / 'logs'}")
+    env = stack.settings_env()
+    print(f"  output root        {env['GEOZARR_OUTPUT_ROOT']}")
+    catalog = env.get("GEOZARR_STAC_API_URL") or env["GEOZARR_CATALOG_ROOT"]
+    print(f"  catalog            {env['GEOZARR_CATALOG_BACKEND']} {catalog}")
 
 
 def _wait_for_interrupt() -> None:
@@ -83,7 +109,7 @@ def _wait_for_interrupt() -> None:
 
 def _stack(args: argparse.Namespace) -> int:
     ports = {name: getattr(args, f"{name}_port") for name in DEFAULT_PORTS}
-    with LocalStack(_prepare_root(args), manifests=args.manifests, ports=ports) as stack:
+    with _stack_for(args, ports=ports) as stack:
         _print_urls(stack)
         from geozarr_pipeline.sample.build import write_sample
 
@@ -118,11 +144,20 @@ def _load_item(item_url_or_path: str) -> dict[str, Any]:
     return loaded
 
 
-def describe_store(output_url: str) -> list[str]:
+def describe_store(output_url: str, env: dict[str, str]) -> list[str]:
     """Open the written store with xarray and list its multiscale reflectance levels."""
     import xarray as xr
 
-    tree = xr.open_datatree(output_url.removeprefix("file://"), engine="zarr")
+    from geozarr_pipeline.config import Settings
+    from geozarr_pipeline.convert.storage import s3_storage_options
+
+    s3_names = ("s3_endpoint_url", "s3_region", "s3_access_key_id", "s3_secret_access_key")
+    given: dict[str, Any] = {n: env.get(f"GEOZARR_{n.upper()}") for n in s3_names}
+    settings = Settings.model_validate({k: v for k, v in given.items() if v})
+    options = s3_storage_options(settings) if output_url.startswith("s3://") else None
+    tree = xr.open_datatree(
+        output_url.removeprefix("file://"), engine="zarr", storage_options=options
+    )
     reflectance = tree["measurements/reflectance"]
     return [
         f"{name}: {dict(child.sizes)} {sorted(child.data_vars)}"
@@ -131,9 +166,8 @@ def describe_store(output_url: str) -> list[str]:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    root = _prepare_root(args)
     started = time.monotonic()
-    with LocalStack(root, manifests=args.manifests) as stack:
+    with _stack_for(args) as stack:
         _print_urls(stack)
         from geozarr_pipeline.sample.build import write_sample
 
@@ -147,7 +181,7 @@ def _demo(args: argparse.Namespace) -> int:
         converted = stack.wait_for(EventType.CONVERT_DONE.value, sample.item_id, after=seq - 1)
         print(f"\nchain finished in {time.monotonic() - started:.1f} s")
         print(f"GeoZarr store: {converted['output_url']}")
-        for line in describe_store(converted["output_url"]):
+        for line in describe_store(converted["output_url"], stack.settings_env()):
             print(f"  {line}")
         print(f"\nregistered item ({done['item_url']}):")
         print(json.dumps(item, indent=2))

@@ -80,6 +80,12 @@ class LocalStack:
     ports: dict[str, int] = field(default_factory=dict)
     # URLs the broker delivers to instead of a Service's own (a fault-injecting proxy).
     subscriber_urls: dict[str, str] = field(default_factory=dict)
+    # Register into a local STAC API (PostgreSQL + pgstac + stac-fastapi-pgstac) started for
+    # the run, instead of the static catalog.
+    stac_api: bool = False
+    # Take GEOZARR_* settings from this process's environment over the embedded defaults
+    # (e.g. GEOZARR_OUTPUT_ROOT=s3://... with GEOZARR_S3_*): a rehearsal of production.
+    inherit_env: bool = False
     processes: list[ManagedProcess] = field(default_factory=list)
     urls: dict[str, str] = field(default_factory=dict)
     # How often each component was started again after it died.
@@ -88,10 +94,13 @@ class LocalStack:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _stopping: threading.Event = field(default_factory=threading.Event)
     _supervisor: threading.Thread | None = None
+    _services: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
 
     @property
     def failures_root(self) -> Path:
-        return self.root / "geozarr" / "_failures"
+        """Where the recorder writes (a folder: with an s3:// root use the CLI instead)."""
+        env = self.settings_env()
+        return Path(env.get("GEOZARR_FAILURES_ROOT") or f"{env['GEOZARR_OUTPUT_ROOT']}/_failures")
 
     @property
     def samples_dir(self) -> Path:
@@ -110,7 +119,20 @@ class LocalStack:
         return self.urls["raster"]
 
     def settings_env(self) -> dict[str, str]:
-        """The GEOZARR_* settings every function and the raster server share."""
+        """The GEOZARR_* settings every function and the raster server share.
+
+        Embedded defaults, then (with `inherit_env`) the caller's own GEOZARR_* variables,
+        then the started STAC API, then `extra_env`; the raster server is always the stack's.
+        """
+        settings = self._default_env()
+        if self.inherit_env:
+            settings |= {k: v for k, v in os.environ.items() if k.startswith("GEOZARR_")}
+        if "stac-api" in self.urls:
+            settings["GEOZARR_CATALOG_BACKEND"] = "stac-api"
+            settings["GEOZARR_STAC_API_URL"] = self.urls["stac-api"]
+        return {**settings, **self.extra_env, "GEOZARR_RASTER_API_URL": self.urls["raster"]}
+
+    def _default_env(self) -> dict[str, str]:
         return {
             "GEOZARR_OUTPUT_ROOT": str(self.root / "geozarr"),
             "GEOZARR_WORK_DIR": str(self.root / "work"),
@@ -119,8 +141,6 @@ class LocalStack:
             "GEOZARR_ALLOW_FILE_URLS": "true",
             "GEOZARR_ALLOW_PLAIN_HTTP": "true",
             "GEOZARR_ALLOW_PRIVATE_HOSTS": "true",
-            "GEOZARR_RASTER_API_URL": self.urls["raster"],
-            **self.extra_env,
         }
 
     def _start(
@@ -210,6 +230,12 @@ class LocalStack:
         # The functions' settings name the raster server, so its port is fixed first.
         self.ports.setdefault("raster", free_port())
         self.urls["raster"] = f"http://{LOOPBACK}:{self.ports['raster']}"
+        if self.stac_api:
+            from geozarr_pipeline.catalog.local_api import running_api
+
+            self.urls["stac-api"] = self._services.enter_context(
+                running_api(self.root / "stac-api", self.root / "logs" / "stac-api.log")
+            )
         env = self.settings_env()
 
         def module_server(module: str, *args: str) -> Callable[[int], list[str]]:
@@ -265,6 +291,7 @@ class LocalStack:
         for process in reversed(self.processes):
             process.stop()
         self.processes.clear()
+        self._services.close()
 
     def __enter__(self) -> LocalStack:
         return self.start()
