@@ -19,6 +19,9 @@ COMMAND_MODULES: tuple[str, ...] = (
     "geozarr_pipeline.local.amqp_bridge",
     "geozarr_pipeline.convert.commands",
     "geozarr_pipeline.catalog.commands",
+    "geozarr_pipeline.operations.status",
+    "geozarr_pipeline.operations.removal",
+    "geozarr_pipeline.operations.backfill",
 )
 
 

@@ -108,6 +108,40 @@ def test_upsert_never_deletes(stac_api: StacApiInfo) -> None:
         proxy.close()
 
 
+def test_delete_item(stac_api: StacApiInfo) -> None:
+    collection = _collection()
+    catalog = _catalog(stac_api.url)
+    catalog.put_item(_item(collection, "gone"), "create-or-skip")
+    catalog.put_item(_item(collection, "kept"), "create-or-skip")
+    assert catalog.delete_item(collection, "gone") is True
+    assert httpx.get(catalog.item_url(collection, "gone")).status_code == 404
+    found = httpx.get(f"{stac_api.url}/collections/{collection}/items").json()["features"]
+    assert [f["id"] for f in found] == ["kept"]
+    assert catalog.delete_item(collection, "gone") is False
+    assert catalog.delete_item(_collection(), "never") is False
+
+
+def test_delete_item_retries_transient_and_rejects_other_4xx(stac_api: StacApiInfo) -> None:
+    proxy = FaultProxy(stac_api.url)
+    try:
+        collection = _collection()
+        catalog = _catalog(proxy.url)
+        catalog.put_item(_item(collection, "del"), "create-or-skip")
+        proxy.failures = [("DELETE", 403)]
+        with pytest.raises(UpstreamRejected) as excinfo:
+            catalog.delete_item(collection, "del")
+        assert "deleting item 'del'" in excinfo.value.message
+        assert "injected 403" in excinfo.value.message
+        assert catalog.get_item(collection, "del")["id"] == "del"
+        proxy.failures = [("DELETE", 503), ("DELETE", 502)]
+        assert catalog.delete_item(collection, "del") is True
+        deletes = [s for m, _p, s in proxy.seen if m == "DELETE"]
+        assert deletes == [403, 503, 502, 200]
+        assert httpx.get(f"{stac_api.url}/collections/{collection}/items/del").status_code == 404
+    finally:
+        proxy.close()
+
+
 def test_flaky_api_succeeds_after_retries(stac_api: StacApiInfo) -> None:
     proxy = FaultProxy(stac_api.url)
     try:

@@ -83,3 +83,25 @@ def test_missing_item_and_unsafe_ids(tmp_path: Path) -> None:
         catalog.get_item("sentinel-2-l2a", "nothing")
     with pytest.raises(InvalidInput):
         catalog.put_item(_item(item_id="../escape"), "upsert")
+
+
+def test_delete_item_removes_its_folder_at_once(tmp_path: Path) -> None:
+    catalog = StaticCatalog(tmp_path)
+    catalog.put_item(_item("S2A_GONE"), "upsert")
+    catalog.put_item(_item("S2A_KEPT"), "upsert")
+    collection = tmp_path / "sentinel-2-l2a"
+    assert catalog.delete_item("sentinel-2-l2a", "S2A_GONE") is True
+    with pytest.raises(SourceNotFound):
+        catalog.get_item("sentinel-2-l2a", "S2A_GONE")
+    assert catalog.get_item("sentinel-2-l2a", "S2A_KEPT")["id"] == "S2A_KEPT"
+    # The item folder is gone whole, and so is the renamed copy it went through.
+    assert sorted(p.name for p in collection.iterdir()) == [".lock", "S2A_KEPT", "collection.json"]
+    assert catalog.delete_item("sentinel-2-l2a", "S2A_GONE") is False
+
+
+def test_delete_item_of_nothing_creates_nothing(tmp_path: Path) -> None:
+    catalog = StaticCatalog(tmp_path / "catalog")
+    assert catalog.delete_item("no-such-collection", "x") is False
+    assert not (tmp_path / "catalog").exists()
+    with pytest.raises(InvalidInput):
+        catalog.delete_item("sentinel-2-l2a", "../escape")

@@ -9,6 +9,9 @@ Write modes of `put_item`:
 - `upsert`: create, or update in one atomic PUT, keeping what others added to the stored item
   (assets, links, properties the new item does not have, e.g. augment's thumbnail and links).
 - `replace`: create, or overwrite in one atomic PUT with exactly this item.
+
+`delete_item` removes an item (the operator commands `delete` and `cleanup`); deleting an item
+that does not exist is not an error, it answers False.
 """
 
 from __future__ import annotations
@@ -35,6 +38,9 @@ class Catalog(Protocol):
 
     def put_item(self, item: StacItem, mode: RegisterMode) -> str:
         """Write the item as `mode` says and return its URL."""
+
+    def delete_item(self, collection_id: str, item_id: str) -> bool:
+        """Remove the item at once (never half of it); True if it existed, False if not."""
 
     def item_url(self, collection_id: str, item_id: str) -> str:
         """Where the item is (or will be) readable."""

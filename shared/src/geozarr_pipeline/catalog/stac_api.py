@@ -3,7 +3,8 @@
 Retries with exponential backoff only on transient failures (connection errors, timeouts,
 429, 5xx); any other 4xx is a permanent UpstreamRejected carrying the API's own message.
 Updates are one atomic PUT; a create that races another create (409) turns into a PUT, so
-there is never a window in which the item is missing.
+there is never a window in which the item is missing. A delete is one
+`DELETE /collections/{c}/items/{id}` (Transactions); a 404 means there was nothing to delete.
 """
 
 from __future__ import annotations
@@ -218,3 +219,16 @@ class StacApiCatalog:
         raise TransientError(
             f"item {item_id!r} kept changing under concurrent writers; try again later"
         )
+
+    def delete_item(self, collection_id: str, item_id: str) -> bool:
+        """DELETE the item; False if the API says it does not exist (404).
+
+        A retried DELETE whose first attempt was applied answers 404 too: False then means
+        "gone now", which is all a caller can rely on anyway.
+        """
+        response = self.request("DELETE", f"/collections/{collection_id}/items/{item_id}")
+        if response.status_code == 404:
+            return False
+        if response.status_code not in (200, 202, 204):
+            raise self._rejected(response, f"deleting item {item_id!r}")
+        return True

@@ -7,7 +7,9 @@ Layout (STAC best practice), all links relative so the folder can be moved or se
     {root}/{collection}/{item_id}/{item_id}.json
 
 Every file is written atomically (temporary file in the same folder, fsync, rename), and an
-item write holds an exclusive lock on the collection so concurrent deliveries serialise.
+item write holds an exclusive lock on the collection so concurrent deliveries serialise. An
+item is deleted the same way: under the lock its folder is renamed aside in one step (a reader
+sees the item whole or not at all), then the renamed folder is removed.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ import contextlib
 import fcntl
 import json
 import os
+import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -163,3 +167,17 @@ class StaticCatalog:
                 document = merge_for_upsert(json.loads(path.read_text()), item)
             write_json_atomic(path, self._with_links(document))
         return self.item_url(collection_id, item_id)
+
+    def delete_item(self, collection_id: str, item_id: str) -> bool:
+        path = self.item_path(collection_id, item_id)
+        if not path.parent.parent.is_dir():
+            return False  # no such collection: nothing to lock, nothing to delete
+        with self._locked(collection_id):
+            if not path.parent.is_dir():
+                return False
+            existed = path.is_file()
+            # A hidden name: never read as an item (ids start with a letter or a digit).
+            aside = path.parent.with_name(f".deleted.{uuid.uuid4().hex}")
+            os.rename(path.parent, aside)
+        shutil.rmtree(aside, ignore_errors=True)
+        return existed

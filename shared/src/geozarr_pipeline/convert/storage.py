@@ -121,6 +121,10 @@ class OutputLocation(ABC):
         """Take the lease or raise InProgress."""
 
     @abstractmethod
+    def lease_held(self) -> bool:
+        """Whether a conversion holds the lease now (read without taking it)."""
+
+    @abstractmethod
     def close(self) -> None:
         """Release the connections this location opened (after its lease is released)."""
 
@@ -208,6 +212,19 @@ class LocalOutput(OutputLocation):
 
     def close(self) -> None:
         """Nothing to release: the lease closes its own lock file."""
+
+    def lease_held(self) -> bool:
+        try:
+            fd = os.open(self.lock, os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)  # closing drops the shared lock at once
+        return False
 
     def acquire(self, lease_seconds: float) -> Lease:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -469,6 +486,17 @@ class S3Output(OutputLocation):
         if self._client is not None:
             self._client.close()
             self._client = None
+
+    def lease_held(self) -> bool:
+        reply = self._call(
+            "lease read", self.client.get_object, Bucket=self.bucket, Key=self.lock_key
+        )
+        if reply is None:
+            return False
+        try:
+            return float(json.loads(reply["Body"].read())["expires_at"]) > time.time()
+        except (ValueError, KeyError, TypeError):
+            return False
 
     def acquire(self, lease_seconds: float) -> Lease:
         from botocore.exceptions import BotoCoreError
@@ -775,42 +803,13 @@ def _s3_outputs(settings: Settings, collection: str | None) -> Iterator[OutputIn
 # Leases of a removal
 
 
-def lease_held(location: OutputLocation) -> bool:
-    """Whether a conversion holds the item's lease right now, without taking it over."""
-    if isinstance(location, LocalOutput):
-        return _local_lease_held(location)
-    assert isinstance(location, S3Output)
-    reply = _s3_get(location.client, location.bucket, location.lock_key)
-    if reply is None:
-        return False
-    try:
-        expires_at = float(json.loads(reply["Body"])["expires_at"])
-    except (ValueError, KeyError, TypeError):
-        return False  # unreadable: the next acquire takes it over as expired
-    return expires_at > time.time()
-
-
-def _local_lease_held(location: LocalOutput) -> bool:
-    try:
-        fd = os.open(location.lock, os.O_RDONLY)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)  # closing releases the probe's shared lock at once
-    return False
-
-
 @contextlib.contextmanager
 def removal_lease(location: OutputLocation, lease_seconds: float) -> Iterator[None]:
     """Hold the item's lease while its output is removed; InProgress if a conversion has it.
 
     Without a collection folder on the filesystem nothing runs and nothing is stored, so no
-    lock file is created. After a removal that went through, the local lock file is removed
-    while still held (S3's lock object goes with the release).
+    lock file is created; otherwise the local lock file is removed while still held, so a
+    removal leaves none behind (S3's lock object goes with the release).
     """
     if isinstance(location, LocalOutput) and not location.folder.is_dir():
         yield
@@ -819,7 +818,7 @@ def removal_lease(location: OutputLocation, lease_seconds: float) -> Iterator[No
     try:
         yield
         lease.verify()
-        if isinstance(location, LocalOutput):
-            location.lock.unlink(missing_ok=True)
     finally:
+        if isinstance(location, LocalOutput):
+            location.lock.unlink(missing_ok=True)  # still held: no one else has it open
         lease.release()
