@@ -50,6 +50,15 @@ def _iso(moment: datetime) -> str:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def utc_time(value: str) -> str:
+    """An ISO 8601 time (a date, or a time with any offset; naive means UTC) in the form the
+    records use, so that times compare as strings. ValueError if it is not a time."""
+    moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return _iso(moment.astimezone(UTC))
+
+
 class StageAttempt(BaseModel):
     model_config = ConfigDict(extra="ignore")
 

@@ -79,8 +79,11 @@ def test_status_of_a_finished_run_shows_every_stage_done_with_timings(
     assert "viewer: " + chain_run.augment_done["viewer_url"] in text
     listing = cli_json(capsys, "status", "--collection", sample.collection)
     assert any(s["item_id"] == sample.item_id and s["state"] == "done" for s in listing)
-    future = cli_json(capsys, "status", "--collection", sample.collection, "--since", "2999")
+    future = cli_json(capsys, "status", "--collection", sample.collection, "--since", "2999-01-01")
     assert future == []
+    since = stages["convert"]["started_at"].replace("Z", "+00:00")
+    recent = cli_json(capsys, "status", "--collection", sample.collection, "--since", since)
+    assert sample.item_id in {s["item_id"] for s in recent}
 
 
 def test_a_missing_source_is_failed_then_replayed_once_fixed_and_resolved(

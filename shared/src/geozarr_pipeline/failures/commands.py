@@ -17,6 +17,7 @@ from geozarr_pipeline.errors import TransientError
 from geozarr_pipeline.failures.records import FailureRecord
 from geozarr_pipeline.failures.resolutions import open_resolution_log
 from geozarr_pipeline.failures.store import open_failure_store
+from geozarr_pipeline.operations.status import iso_time
 from geozarr_pipeline.submit import DEFAULT_EXCHANGE, DEFAULT_ROUTING_KEY
 
 FILTERS = ("stage", "collection", "kind", "item_id")
@@ -180,7 +181,9 @@ def _add_filters(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--item-id", dest="item_id", default=None)
     parser.add_argument("--kind", choices=["failure_event", "dead_letter"], default=None)
     parser.add_argument("--code", default=None, help="problem code, e.g. invalid_input")
-    parser.add_argument("--since", default=None, help="ISO time; records at or after it")
+    parser.add_argument(
+        "--since", type=iso_time, default=None, help="ISO time; records at or after it"
+    )
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -21,7 +21,12 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from geozarr_pipeline.attempts import AttemptJournal, StageAttempt, open_attempt_journal
+from geozarr_pipeline.attempts import (
+    AttemptJournal,
+    StageAttempt,
+    open_attempt_journal,
+    utc_time,
+)
 from geozarr_pipeline.catalog import Catalog, opened_catalog
 from geozarr_pipeline.config import Settings, read_settings
 from geozarr_pipeline.convert.storage import output_for
@@ -177,7 +182,8 @@ def _stage_status(
     elif outputs.done(stage):
         status.state = "done"
         if stage == Stage.CONVERT and outputs.marker:
-            status.finished_at = status.finished_at or outputs.marker.get("completed_at")
+            completed = outputs.marker.get("completed_at")
+            status.finished_at = status.finished_at or (utc_time(completed) if completed else None)
             status.duration_s = status.duration_s or outputs.marker.get("duration_s")
         if latest is not None and latest.outcome != "done" and not failure_newer:
             # The stage's output is there; the latest delivery is an older redelivery's.
@@ -313,6 +319,14 @@ def format_listing(statuses: Sequence[ItemStatus]) -> str:
 # --- CLI --------------------------------------------------------------------------------------
 
 
+def iso_time(value: str) -> str:
+    """argparse type of a --since time."""
+    try:
+        return utc_time(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an ISO 8601 time") from exc
+
+
 def _single(sources: Sources, args: argparse.Namespace) -> ItemStatus | None:
     item_id = check_safe_id(args.item_id)
     collections = [args.collection] if args.collection else collections_of(sources, item_id)
@@ -367,7 +381,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("item_id", nargs="?", default=None)
     parser.add_argument("--collection", default=None)
     parser.add_argument(
-        "--since", default=None, help="listing: items active at or after this ISO time"
+        "--since",
+        type=iso_time,
+        default=None,
+        help="listing: items active at or after this ISO time (e.g. 2026-12-01 or ...T06:00Z)",
     )
     parser.add_argument("--json", action="store_true", help="print JSON for scripts")
     parser.set_defaults(func=_command)
