@@ -82,7 +82,7 @@ def test_each_transition_is_one_line_with_the_same_fields_and_one_attempt(
     journal = AttemptJournal(FolderObjectStore(tmp_path))
     event = requested(f"event-{outcome}")
     with caplog.at_level(logging.INFO, logger="geozarr_pipeline.cloudevent_http"):
-        response = handle_request(request_for(event), Stage.CONVERT, run, journal)  # type: ignore[arg-type]
+        response = handle_request(request_for(event), Stage.CONVERT, run, lambda: journal)  # type: ignore[arg-type]
 
     assert response.status_code == status
     lines = [r for r in caplog.records if r.name == "geozarr_pipeline.cloudevent_http"]
@@ -115,7 +115,9 @@ def test_problem_text_is_redacted_in_reply_and_attempt(tmp_path: Path) -> None:
         raise SourceNotFound("upstream said: token planted-secret-value-42 " + "x" * 5000)
 
     journal = AttemptJournal(FolderObjectStore(tmp_path))
-    response = handle_request(request_for(requested("leak")), Stage.CONVERT, leaking, journal)
+    response = handle_request(
+        request_for(requested("leak")), Stage.CONVERT, leaking, lambda: journal
+    )
     reply = json.loads(response.get_data())
     message = reply["problem"]["message"]
     assert "planted-secret-value-42" not in message
@@ -131,6 +133,22 @@ def test_an_event_without_an_item_writes_no_attempt(tmp_path: Path) -> None:
         {"type": EventType.CONVERT_DONE.value, "source": "urn:test", "id": "no-item"},
         {"unexpected": True},
     )
-    response = handle_request(request_for(event), Stage.REGISTER, converted, journal)
+    response = handle_request(request_for(event), Stage.REGISTER, converted, lambda: journal)
     assert response.status_code == 200
     assert list(tmp_path.rglob("*.json")) == []
+
+
+def test_an_unusable_status_root_costs_a_warning_not_the_work(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def broken() -> AttemptJournal:
+        raise ValueError("status root 'https://x' must be a folder or an s3:// URL")
+
+    with caplog.at_level(logging.INFO, logger="geozarr_pipeline.cloudevent_http"):
+        response = handle_request(
+            request_for(requested("no-journal")), Stage.CONVERT, converted, broken
+        )
+    assert response.status_code == 200
+    outcomes = [r.__dict__.get("outcome") for r in caplog.records if r.name.endswith("http")]
+    assert outcomes[-1] == "done"
+    assert any(r.getMessage() == "stage attempts not recorded" for r in caplog.records)

@@ -22,4 +22,4 @@ def _run(data: EventData) -> EventData:
 
 @functions_framework.http
 def handle(request: flask.Request) -> flask.Response:
-    return handle_request(request, Stage.CONVERT, _run, process_journal())
+    return handle_request(request, Stage.CONVERT, _run, process_journal)

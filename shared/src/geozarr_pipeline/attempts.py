@@ -185,11 +185,15 @@ class AttemptJournal:
         self.store.close()
 
 
-def open_attempt_journal(settings: Settings, root: str | None = None) -> AttemptJournal:
-    return AttemptJournal(open_object_store(settings, root or status_root(settings)))
+def open_attempt_journal(
+    settings: Settings, root: str | None = None, *, fail_fast: bool = False
+) -> AttemptJournal:
+    store = open_object_store(settings, root or status_root(settings), fail_fast=fail_fast)
+    return AttemptJournal(store)
 
 
 @cache
 def process_journal() -> AttemptJournal:
-    """The journal of this process's settings, opened on first use (never at import)."""
-    return open_attempt_journal(get_settings())
+    """The journal of a stage process, opened on first use (never at import); its S3 calls
+    give up within seconds, so a storage brownout does not hold up the work."""
+    return open_attempt_journal(get_settings(), fail_fast=True)

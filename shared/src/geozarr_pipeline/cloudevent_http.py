@@ -58,6 +58,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 StageRunner = Callable[[EventData], EventData]
+# Opened on the first event that names an item (a broken status root only costs a warning).
+JournalFactory = Callable[[], AttemptJournal]
 REQUIRED_ATTRIBUTES = ("specversion", "id", "source", "type")
 
 
@@ -236,9 +238,10 @@ def _item_of(data: EventData | None, event: CloudEvent) -> tuple[str | None, str
 class Delivery:
     """One delivery's transitions: the log line of each, and its attempt record."""
 
-    def __init__(self, stage: Stage, journal: AttemptJournal | None) -> None:
+    def __init__(self, stage: Stage, journal: JournalFactory | None) -> None:
         self.stage = stage
-        self.journal = journal
+        self.journal_factory = journal
+        self.journal: AttemptJournal | None = None
         self.started = time.monotonic()
         self.fields: dict[str, Any] = {"stage": stage.value}
         self.attempt: StageAttempt | None = None
@@ -268,9 +271,23 @@ class Delivery:
         self.transition("started")
         self._record_start()
 
+    def _open_journal(self) -> AttemptJournal | None:
+        """The attempt journal, or None with a warning: recording never stops the work."""
+        if self.journal is None and self.journal_factory is not None:
+            try:
+                self.journal = self.journal_factory()
+            except Exception as exc:  # noqa: BLE001  # settings or storage unusable: work on
+                self.journal_factory = None
+                log.warning(
+                    "stage attempts not recorded",
+                    extra={**self.fields, "error": quoted(str(exc))},
+                )
+        return self.journal
+
     def _record_start(self) -> None:
         item_id, collection = self.fields.get("item_id"), self.fields.get("collection")
-        if self.journal is not None and item_id and collection:
+        if item_id and collection and self._open_journal() is not None:
+            assert self.journal is not None
             self.attempt = self.journal.start(
                 self.stage,
                 collection=collection,
@@ -292,7 +309,7 @@ def handle_request(
     request: flask.Request,
     stage: Stage,
     run: StageRunner,
-    journal: AttemptJournal | None = None,
+    journal: JournalFactory | None = None,
 ) -> flask.Response:
     """The whole life of one delivery: everything a stage entrypoint needs.
 

@@ -208,13 +208,21 @@ class S3ObjectStore(ObjectStore):
         self.client.close()
 
 
-def open_object_store(settings: Settings, root: str) -> ObjectStore:
-    """The store at `root`: a folder (or file:// URL) or s3://bucket/prefix."""
+def open_object_store(settings: Settings, root: str, *, fail_fast: bool = False) -> ObjectStore:
+    """The store at `root`: a folder (or file:// URL) or s3://bucket/prefix.
+
+    `fail_fast`: a few seconds and one attempt per call, for records that must not delay work.
+    """
     parsed = urlparse(root)
     if parsed.scheme == "s3":
         if not parsed.netloc:
             raise ValueError(f"{root!r} names no bucket")
-        return S3ObjectStore(parsed.netloc, parsed.path, s3_client(settings))
+        client = (
+            s3_client(settings, connect_timeout=2.0, read_timeout=5.0, max_attempts=1)
+            if fail_fast
+            else s3_client(settings)
+        )
+        return S3ObjectStore(parsed.netloc, parsed.path, client)
     if parsed.scheme in ("", "file"):
         return FolderObjectStore(Path(parsed.path if parsed.scheme == "file" else root))
     raise ValueError(f"{root!r} must be a folder or an s3:// URL")

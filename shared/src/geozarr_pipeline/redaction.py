@@ -10,6 +10,7 @@ info of URLs are replaced whatever their value, since an upstream may echo a hea
 from __future__ import annotations
 
 import base64
+import json
 import re
 import threading
 from collections.abc import Iterable
@@ -24,7 +25,13 @@ QUOTE_CHARS = 500
 
 _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     # Authorization: Bearer x / Basic x, also inside echoed JSON or repr'd header dicts.
-    (re.compile(r"(?i)\b(bearer|basic)(?:\s+|%20)[A-Za-z0-9._~+/=-]{6,}"), rf"\1 {REDACTED}"),
+    # The credential must hold a digit or a token character: "basic information" stays.
+    (
+        re.compile(
+            r"(?i)\b(bearer|basic)(?:\s+|%20)(?=[A-Za-z]*[0-9._~+/=-])[A-Za-z0-9._~+/=-]{8,}"
+        ),
+        rf"\1 {REDACTED}",
+    ),
     # scheme://user:password@host
     (re.compile(r"(?<=://)[^/\s:@\"']+:[^/\s@\"']+(?=@)"), REDACTED),
     # Presigned S3 URLs and query-string credentials.
@@ -42,9 +49,12 @@ _secrets: tuple[str, ...] = ()
 
 
 def _forms(value: str) -> set[str]:
+    """The value as it may appear: raw, JSON-escaped (log lines are JSON), base64, URL-encoded."""
     encoded = value.encode()
     return {
         value,
+        json.dumps(value)[1:-1],
+        json.dumps(value, ensure_ascii=False)[1:-1],
         base64.b64encode(encoded).decode().rstrip("="),
         base64.urlsafe_b64encode(encoded).decode().rstrip("="),
         quote(value, safe=""),

@@ -16,8 +16,18 @@ DEFAULT_POOL_CONNECTIONS = 10
 NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 
 
-def s3_client(settings: Settings, pool_connections: int = DEFAULT_POOL_CONNECTIONS) -> S3Client:
-    """A client for the configured endpoint; `pool_connections` per concurrent caller thread."""
+def s3_client(
+    settings: Settings,
+    pool_connections: int = DEFAULT_POOL_CONNECTIONS,
+    *,
+    connect_timeout: float = 10.0,
+    read_timeout: float = 60.0,
+    max_attempts: int = 3,
+) -> S3Client:
+    """A client for the configured endpoint; `pool_connections` per concurrent caller thread.
+
+    Short timeouts and one attempt suit writes that must never hold up the work (status).
+    """
     import boto3  # type: ignore[import-untyped]
     from botocore.config import Config  # type: ignore[import-untyped]
 
@@ -29,8 +39,9 @@ def s3_client(settings: Settings, pool_connections: int = DEFAULT_POOL_CONNECTIO
         aws_access_key_id=settings.s3_access_key_id,
         aws_secret_access_key=secret.get_secret_value() if secret else None,
         config=Config(
-            retries={"max_attempts": 3, "mode": "standard"},
-            connect_timeout=10,
+            retries={"max_attempts": max_attempts, "mode": "standard"},
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
             max_pool_connections=pool_connections,
         ),
     )

@@ -40,9 +40,9 @@ def _register(args: argparse.Namespace) -> int:
 
 def _show(args: argparse.Namespace) -> int:
     from geozarr_pipeline.catalog import opened_catalog
-    from geozarr_pipeline.config import Settings
+    from geozarr_pipeline.config import read_settings
 
-    with opened_catalog(Settings()) as catalog:
+    with opened_catalog(read_settings()) as catalog:
         item = catalog.get_item(args.collection, args.item_id)
     print(json.dumps(item, indent=2))
     return 0

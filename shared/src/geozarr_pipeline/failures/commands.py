@@ -10,13 +10,13 @@ import argparse
 import json
 import sys
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from geozarr_pipeline.config import Settings, read_settings
-from geozarr_pipeline.errors import TransientError
 from geozarr_pipeline.failures.records import FailureRecord
 from geozarr_pipeline.failures.resolutions import open_resolution_log
 from geozarr_pipeline.failures.store import open_failure_store
+from geozarr_pipeline.operations.guard import guarded
 from geozarr_pipeline.operations.status import iso_time
 from geozarr_pipeline.submit import DEFAULT_EXCHANGE, DEFAULT_ROUTING_KEY
 
@@ -162,19 +162,6 @@ def _show(args: argparse.Namespace) -> int:
     return 0
 
 
-def _reading(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """A store that cannot be read is one line on stderr and exit 1, not a traceback."""
-
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return command(args)
-        except (TransientError, ValueError) as exc:
-            print(f"failures: {exc}", file=sys.stderr)
-            return 1
-
-    return run
-
-
 def _add_filters(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stage", default=None)
     parser.add_argument("--collection", default=None)
@@ -196,7 +183,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     _add_filters(listing)
     listing.add_argument("--open", action="store_true", help="only records not resolved")
     listing.add_argument("--json", action="store_true", help="print the records as JSON")
-    listing.set_defaults(func=_reading(_list))
+    listing.set_defaults(func=guarded("failures list", _list))
     replay = commands.add_parser(
         "replay",
         help="send records' input events again (skips what has succeeded since)",
@@ -218,8 +205,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="wait up to SECONDS for each replayed stage to succeed, and mark it resolved",
     )
     replay.add_argument("--json", action="store_true", help="one JSON line per record")
-    replay.set_defaults(func=_reading(_replay))
+    replay.set_defaults(func=guarded("failures replay", _replay))
     show = commands.add_parser("show", help="print one record whole")
     show.add_argument("record_id")
     show.add_argument("--root", default=None, help=root_help)
-    show.set_defaults(func=_reading(_show))
+    show.set_defaults(func=guarded("failures show", _show))

@@ -43,6 +43,8 @@ from packaging.version import InvalidVersion, Version
 from pydantic import ValidationError
 
 from geozarr_pipeline.events import ConvertDone
+from geozarr_pipeline.operations.guard import say, store_errors
+from geozarr_pipeline.redaction import redact
 from geozarr_pipeline.submit import (
     DEFAULT_EXCHANGE,
     DEFAULT_ROUTING_KEY,
@@ -766,13 +768,13 @@ def _command(args: argparse.Namespace) -> int:
     try:
         cursor = Cursor.load(path, search, options)
     except BackfillError as exc:
-        sys.stderr.write(f"backfill: {exc}\n")
+        say("backfill", exc)
         return 2
     settings = None
     if options.reads_markers:
-        from geozarr_pipeline.config import Settings
+        from geozarr_pipeline.config import read_settings
 
-        settings = Settings()
+        settings = read_settings()
     summary = Summary(
         stac_api=args.stac_api,
         collection=args.collection,
@@ -793,8 +795,11 @@ def _command(args: argparse.Namespace) -> int:
                 progress=not args.no_progress,
                 stop=stop,
             )
-    except (BackfillError, SubmitError, OSError) as exc:
-        summary.error = str(exc)
+    except (BackfillError, SubmitError) as exc:
+        summary.error = redact(str(exc))
+        code = 1
+    except store_errors() as exc:
+        summary.error = redact(str(exc))
         code = 1
     except KeyboardInterrupt:
         summary.interrupted = True

@@ -49,10 +49,11 @@ from typing import Any, Literal
 from urllib.parse import urlparse
 
 from geozarr_pipeline.catalog import Catalog, opened_catalog
-from geozarr_pipeline.config import Settings
+from geozarr_pipeline.config import Settings, read_settings
 from geozarr_pipeline.convert import storage
 from geozarr_pipeline.convert.storage import OutputInfo
-from geozarr_pipeline.errors import InProgress, PipelineError, SourceNotFound, TransientError
+from geozarr_pipeline.errors import InProgress, SourceNotFound, TransientError
+from geozarr_pipeline.operations.guard import guarded
 
 AUDIT_FOLDER = "_audit/deletions"
 AUDIT_FORMAT = "geozarr-pipeline/deletion/1"
@@ -446,7 +447,7 @@ def _nothing(found: Record) -> str:
 
 
 def _delete(args: argparse.Namespace) -> int:
-    settings = Settings()
+    settings = read_settings()
     with opened_catalog(settings) as catalog:
         if args.dry_run:
             return _delete_dry_run(settings, catalog, args)
@@ -565,7 +566,7 @@ def _cleanup_apply(
 
 
 def _cleanup(args: argparse.Namespace) -> int:
-    settings = Settings()
+    settings = read_settings()
     now = datetime.now(UTC)
     cutoff = now - args.older_than.delta
     outputs = [o for o in storage.iter_outputs(settings, args.collection) if _expired(o, cutoff)]
@@ -579,28 +580,6 @@ def _cleanup(args: argparse.Namespace) -> int:
 # Command line ---------------------------------------------------------------------------
 
 
-def _store_errors() -> tuple[type[Exception], ...]:
-    errors: list[type[Exception]] = [PipelineError, ValueError, OSError]
-    with contextlib.suppress(ImportError):
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        errors += [BotoCoreError, ClientError]
-    return tuple(errors)
-
-
-def _guarded(name: str, command: Callable[[argparse.Namespace], int]) -> Callable[..., int]:
-    """A store or catalog that fails is one line on stderr and exit 1, not a traceback."""
-
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return command(args)
-        except _store_errors() as exc:
-            print(f"{name}: {exc}", file=sys.stderr)
-            return 1
-
-    return run
-
-
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     delete = subparsers.add_parser(
         "delete",
@@ -610,7 +589,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     delete.add_argument("--collection", required=True)
     delete.add_argument("--dry-run", action="store_true", help="say what would go, change nothing")
     delete.add_argument("--json", action="store_true", help="print one JSON line")
-    delete.set_defaults(func=_guarded("delete", _delete))
+    delete.set_defaults(func=guarded("delete", _delete))
 
     cleanup = subparsers.add_parser(
         "cleanup",
@@ -629,4 +608,4 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--apply", action="store_true", help="delete them (default: only print what would go)"
     )
     cleanup.add_argument("--json", action="store_true", help="print JSON lines")
-    cleanup.set_defaults(func=_guarded("cleanup", _cleanup))
+    cleanup.set_defaults(func=guarded("cleanup", _cleanup))

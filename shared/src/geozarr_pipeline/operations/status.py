@@ -30,12 +30,13 @@ from geozarr_pipeline.attempts import (
 from geozarr_pipeline.catalog import Catalog, opened_catalog
 from geozarr_pipeline.config import Settings, read_settings
 from geozarr_pipeline.convert.storage import output_for
-from geozarr_pipeline.errors import PipelineError, SourceNotFound
+from geozarr_pipeline.errors import SourceNotFound
 from geozarr_pipeline.events import Stage, check_safe_id
 from geozarr_pipeline.failures.records import FailureRecord
 from geozarr_pipeline.failures.resolutions import ResolutionLog, open_resolution_log
 from geozarr_pipeline.failures.store import FailureStore, open_failure_store
 from geozarr_pipeline.objects import open_object_store
+from geozarr_pipeline.operations.guard import say, store_errors
 from geozarr_pipeline.provenance import MARKER_FORMAT
 
 STAGES = (Stage.CONVERT, Stage.REGISTER, Stage.AUGMENT)
@@ -361,8 +362,8 @@ def _command(args: argparse.Namespace) -> int:
                 item_status(sources, c, i)
                 for c, i in known_items(sources, check_safe_id(args.collection))
             ]
-    except (PipelineError, ValueError) as exc:
-        print(f"status: {exc}", file=sys.stderr)
+    except store_errors() as exc:
+        say("status", exc)
         return 1
     if args.since:
         statuses = [s for s in statuses if s.last_activity >= args.since]
