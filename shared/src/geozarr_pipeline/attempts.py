@@ -35,7 +35,7 @@ ATTEMPT_FORMAT = "geozarr-pipeline/stage-attempt/1"
 STATUS_FOLDER = "_status"
 RECORD_SUFFIX = ".json"
 
-Outcome = Literal["running", "done", "failed", "retry", "crashed"]
+AttemptOutcome = Literal["running", "done", "failed", "retry", "crashed"]
 
 
 def status_root(settings: Settings) -> str:
@@ -72,7 +72,7 @@ class StageAttempt(BaseModel):
     started_at: str
     finished_at: str | None = None
     duration_s: float | None = None
-    outcome: Outcome = "running"
+    outcome: AttemptOutcome = "running"
     problem: Problem | None = None
     # URLs of the reply (output_url, item_url, viewer_url) of a done attempt.
     result: dict[str, str] = {}
@@ -129,7 +129,7 @@ class AttemptJournal:
     def finish(
         self,
         attempt: StageAttempt,
-        outcome: Outcome,
+        outcome: AttemptOutcome,
         *,
         problem: Problem | None = None,
         result: dict[str, Any] | None = None,
@@ -140,7 +140,7 @@ class AttemptJournal:
         attempt.duration_s = round((finished - started).total_seconds(), 3)
         attempt.outcome = outcome
         attempt.problem = problem
-        attempt.result = {k: v for k, v in (result or {}).items() if k.endswith("_url") and v}
+        attempt.result = {k: str(v) for k, v in (result or {}).items() if k.endswith("_url") and v}
         try:
             self._write(attempt)
         except PipelineError as exc:
@@ -152,7 +152,7 @@ class AttemptJournal:
     def attempts(self, collection: str, item_id: str) -> list[StageAttempt]:
         """Every attempt of every stage of one item, oldest first."""
         found: list[StageAttempt] = []
-        for key in self.store.keys(item_prefix(collection, item_id)):
+        for key in self.store.list_keys(item_prefix(collection, item_id)):
             if not key.endswith(RECORD_SUFFIX):
                 continue
             body = self.store.get(key)
@@ -168,15 +168,20 @@ class AttemptJournal:
         """(collection, item_id) of every item with at least one attempt."""
         prefix = f"{check_safe_id(collection)}/" if collection else ""
         seen: set[tuple[str, str]] = set()
-        for key in self.store.keys(prefix):
+        for key in self.store.list_keys(prefix):
             parts = key.split("/")
             if len(parts) == 4 and parts[3].endswith(RECORD_SUFFIX):
                 seen.add((parts[0], parts[1]))
         return sorted(seen)
 
+    def collections_of(self, item_id: str) -> list[str]:
+        """The collections under which the item has attempts."""
+        check_safe_id(item_id)
+        return [c for c in self.store.children() if self.store.children(f"{c}/{item_id}/")]
+
     def forget(self, collection: str, item_id: str) -> int:
         """Delete an item's attempt records (when the item itself is deleted)."""
-        keys = self.store.keys(item_prefix(collection, item_id))
+        keys = self.store.list_keys(item_prefix(collection, item_id))
         for key in keys:
             self.store.delete(key)
         return len(keys)

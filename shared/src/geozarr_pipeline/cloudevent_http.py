@@ -31,7 +31,7 @@ from cloudevents.exceptions import GenericException as CloudEventsError
 from cloudevents.http import CloudEvent, from_http
 from pydantic import ValidationError
 
-from geozarr_pipeline.attempts import AttemptJournal, Outcome, StageAttempt
+from geozarr_pipeline.attempts import AttemptJournal, AttemptOutcome, StageAttempt
 from geozarr_pipeline.errors import (
     InvalidEvent,
     InvalidInput,
@@ -297,7 +297,10 @@ class Delivery:
             )
 
     def finish(
-        self, outcome: Outcome, problem: Problem | None = None, result: dict[str, Any] | None = None
+        self,
+        outcome: AttemptOutcome,
+        problem: Problem | None = None,
+        result: dict[str, Any] | None = None,
     ) -> None:
         if self.attempt is None:
             self._record_start()  # a failure before the work started (e.g. invalid data)

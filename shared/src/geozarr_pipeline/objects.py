@@ -31,7 +31,7 @@ class ObjectStore(ABC):
     def get(self, key: str) -> bytes | None: ...
 
     @abstractmethod
-    def keys(self, prefix: str = "") -> list[str]:
+    def list_keys(self, prefix: str = "") -> list[str]:
         """Every key under `prefix` (a folder-like prefix ending in '/' or empty), sorted."""
 
     @abstractmethod
@@ -41,6 +41,10 @@ class ObjectStore(ABC):
     @abstractmethod
     def usage(self, prefix: str = "") -> tuple[int, int]:
         """(objects, bytes) under `prefix`."""
+
+    @abstractmethod
+    def children(self, prefix: str = "") -> list[str]:
+        """The names of the folders directly under `prefix` (one level, sorted)."""
 
     def close(self) -> None:
         return None
@@ -97,7 +101,7 @@ class FolderObjectStore(ObjectStore):
         except OSError as exc:
             raise TransientError(f"cannot read {key} from {self.root}: {exc}") from exc
 
-    def keys(self, prefix: str = "") -> list[str]:
+    def list_keys(self, prefix: str = "") -> list[str]:
         base = self._path(prefix) if prefix else self.root
         if not base.is_dir():
             return []
@@ -110,6 +114,12 @@ class FolderObjectStore(ObjectStore):
     def delete(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self._path(key).unlink()
+
+    def children(self, prefix: str = "") -> list[str]:
+        base = self._path(prefix) if prefix else self.root
+        if not base.is_dir():
+            return []
+        return sorted(p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
 
     def usage(self, prefix: str = "") -> tuple[int, int]:
         base = self._path(prefix) if prefix else self.root
@@ -164,7 +174,7 @@ class S3ObjectStore(ObjectStore):
             raise TransientError(f"cannot read {key} from {self.location}: {exc}") from exc
         return body
 
-    def keys(self, prefix: str = "") -> list[str]:
+    def list_keys(self, prefix: str = "") -> list[str]:
         from botocore.exceptions import BotoCoreError, ClientError
 
         full = self._key(prefix) if prefix else (f"{self.prefix}/" if self.prefix else "")
@@ -186,6 +196,22 @@ class S3ObjectStore(ObjectStore):
             self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
         except (ClientError, BotoCoreError) as exc:
             raise TransientError(f"cannot delete {key} from {self.location}: {exc}") from exc
+
+    def children(self, prefix: str = "") -> list[str]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        full = self._key(prefix) if prefix else (f"{self.prefix}/" if self.prefix else "")
+        try:
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=full, Delimiter="/"
+            )
+            return sorted(
+                str(common["Prefix"])[len(full) :].rstrip("/")
+                for page in pages
+                for common in page.get("CommonPrefixes", [])
+            )
+        except (ClientError, BotoCoreError) as exc:
+            raise TransientError(f"cannot list {self.location}: {exc}") from exc
 
     def usage(self, prefix: str = "") -> tuple[int, int]:
         from botocore.exceptions import BotoCoreError, ClientError

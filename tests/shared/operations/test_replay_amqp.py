@@ -16,7 +16,8 @@ from geozarr_pipeline.cloudevent_http import build_failure
 from geozarr_pipeline.errors import SourceNotFound
 from geozarr_pipeline.events import EventType, Stage
 from geozarr_pipeline.failures.records import record_from_event
-from geozarr_pipeline.failures.store import FolderFailureStore
+from geozarr_pipeline.failures.store import FailureStore
+from geozarr_pipeline.objects import FolderObjectStore
 from geozarr_pipeline.operations.replay import REPLAY_OF
 from tests.fixtures.rabbitmq import RabbitMQ
 
@@ -55,7 +56,7 @@ def test_replay_over_amqp_publishes_a_new_event_and_keeps_count(
     )
     failure = build_failure(Stage.CONVERT, original, SourceNotFound("no item"))
     record = record_from_event(failure)
-    assert FolderFailureStore(tmp_path / "geozarr" / "_failures").put(record)
+    assert FailureStore(FolderObjectStore(tmp_path / "geozarr" / "_failures")).put(record)
     connection, name = queue
     channel = connection.channel()
 

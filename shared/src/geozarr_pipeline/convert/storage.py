@@ -43,9 +43,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from pydantic import ValidationError
+
 from geozarr_pipeline.config import Settings
 from geozarr_pipeline.errors import InProgress, InvalidInput, TransientError
-from geozarr_pipeline.events import check_safe_id
+from geozarr_pipeline.events import ConvertDone, check_safe_id
 from geozarr_pipeline.provenance import MARKER_FORMAT as MARKER_FORMAT  # re-exported
 from geozarr_pipeline.provenance import MARKER_SUFFIX
 from geozarr_pipeline.s3 import NOT_FOUND_CODES, S3Client, error_code, s3_client
@@ -345,7 +347,14 @@ class _S3Lease(Lease):
 
 
 class S3Output(OutputLocation):
-    def __init__(self, settings: Settings, collection: str, item_id: str) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        collection: str,
+        item_id: str,
+        client: S3Client | None = None,
+    ) -> None:
+        """`client`: a shared client (operator commands over many items), left open on close."""
         super().__init__(collection, item_id)
         parsed = urlparse(settings.output_root)
         self.settings = settings
@@ -357,7 +366,8 @@ class S3Output(OutputLocation):
         self.staged = settings.convert_s3_write == "staged"
         staging_root = settings.work_dir.resolve() / "staging" / self.collection
         self.staging = staging_root / f"{self.item_id}.zarr.{uuid.uuid4().hex[:12]}"
-        self._client: S3Client | None = None
+        self._client: S3Client | None = client
+        self._owns_client = client is None
 
     @property
     def client(self) -> S3Client:
@@ -483,9 +493,9 @@ class S3Output(OutputLocation):
         )
 
     def close(self) -> None:
-        if self._client is not None:
+        if self._client is not None and self._owns_client:
             self._client.close()
-            self._client = None
+        self._client = None
 
     def lease_held(self) -> bool:
         reply = self._call(
@@ -526,15 +536,33 @@ def is_s3(root: str) -> bool:
     return root.startswith("s3://")
 
 
-def output_for(settings: Settings, collection: str, item_id: str) -> OutputLocation:
+def output_for(
+    settings: Settings, collection: str, item_id: str, client: S3Client | None = None
+) -> OutputLocation:
+    """The item's output location; `client` shares one S3 client across many items."""
     root = settings.output_root
     if is_s3(root):
         if not urlparse(root).netloc:
             raise InvalidInput(f"output_root {root!r} names no bucket")
-        return S3Output(settings, collection, item_id)
+        return S3Output(settings, collection, item_id, client)
     if "://" in root and not root.startswith("file://"):
         raise InvalidInput(f"output_root {root!r}: only a folder or s3://bucket/prefix")
     return LocalOutput(Path(root.removeprefix("file://")), collection, item_id)
+
+
+def completed_marker(location: OutputLocation) -> dict[str, Any] | None:
+    """The marker of a completed conversion, as the convert stage decides it: the marker's
+    format, the store present, and the reply it records valid. None otherwise."""
+    marker = location.read_marker()
+    if not marker or marker.get("format") != MARKER_FORMAT:
+        return None
+    if not location.store_exists():
+        return None
+    try:
+        ConvertDone.model_validate(marker.get("done"))
+    except ValidationError:
+        return None  # an unreadable marker counts as absent: the item is converted again
+    return marker
 
 
 # Listing and removal --------------------------------------------------------------------

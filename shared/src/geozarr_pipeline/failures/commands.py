@@ -18,6 +18,7 @@ from geozarr_pipeline.failures.resolutions import open_resolution_log
 from geozarr_pipeline.failures.store import open_failure_store
 from geozarr_pipeline.operations.guard import guarded
 from geozarr_pipeline.operations.status import iso_time
+from geozarr_pipeline.redaction import redact
 from geozarr_pipeline.submit import DEFAULT_EXCHANGE, DEFAULT_ROUTING_KEY
 
 FILTERS = ("stage", "collection", "kind", "item_id")
@@ -60,16 +61,15 @@ def _states(settings: Settings, root: str | None, records: Sequence[FailureRecor
     log = open_resolution_log(settings, root)
     try:
         resolved = log.resolved_ids()
-        states = []
-        for record in records:
-            if record.record_id in resolved:
-                states.append("resolved")
-                continue
-            replays = len(log.replays(record.record_id))
-            states.append(f"replayed x{replays}" if replays else "open")
-        return states
+        replays = log.replay_counts()
     finally:
         log.close()
+    return [
+        "resolved"
+        if record.record_id in resolved
+        else (f"replayed x{replays[record.record_id]}" if record.record_id in replays else "open")
+        for record in records
+    ]
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -100,6 +100,7 @@ def _replay(args: argparse.Namespace) -> int:
         HttpSender,
         Sender,
         replay_one,
+        superseding,
         wait_resolved,
     )
     from geozarr_pipeline.operations.status import open_sources
@@ -121,7 +122,8 @@ def _replay(args: argparse.Namespace) -> int:
         )
     settings = read_settings()
     with open_failure_store(settings, args.root) as store:
-        records = [r for r in store.list() if _matches(r, args)]
+        every = store.list()
+    records = [r for r in every if _matches(r, args)]
     if args.record_ids:
         wanted = set(args.record_ids)
         records = [r for r in records if r.record_id in wanted]
@@ -131,8 +133,9 @@ def _replay(args: argparse.Namespace) -> int:
             return 1
     log = open_resolution_log(settings, args.root)
     try:
-        with open_sources(settings) as sources:
-            outcomes = [replay_one(record, sources, log, sender) for record in records]
+        with open_sources(settings, args.root) as sources:
+            newer = superseding(every)
+            outcomes = [replay_one(record, sources, log, sender, newer) for record in records]
             if args.wait and sender is not None:
                 by_id = {r.record_id: r for r in records}
                 wait_resolved(outcomes, by_id, sources, log, args.wait)
@@ -142,7 +145,7 @@ def _replay(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(outcome.as_json()))
         else:
-            detail = f" ({outcome.detail})" if outcome.detail else ""
+            detail = f" ({redact(outcome.detail)})" if outcome.detail else ""
             print(f"{outcome.action:12} {outcome.record_id} {outcome.item_id or '-'}{detail}")
     counts = Counter(o.action for o in outcomes)
     if not args.json:

@@ -50,7 +50,7 @@ class ResolutionLog:
 
     def replays(self, record_id: str) -> list[Replay]:
         found: list[Replay] = []
-        for key in self.store.keys(f"{REPLAYS}/{record_id}/"):
+        for key in self.store.list_keys(f"{REPLAYS}/{record_id}/"):
             body = self.store.get(key)
             if body is not None:
                 try:
@@ -71,6 +71,15 @@ class ResolutionLog:
         key = f"{REPLAYS}/{record_id}/{stamp}-{secrets.token_hex(3)}.json"
         self.store.put(key, replay.model_dump_json(indent=2).encode())
 
+    def replay_counts(self) -> dict[str, int]:
+        """How often each record was replayed, from one listing."""
+        counts: dict[str, int] = {}
+        for key in self.store.list_keys(f"{REPLAYS}/"):
+            parts = key.split("/")
+            if len(parts) == 3:
+                counts[parts[1]] = counts.get(parts[1], 0) + 1
+        return counts
+
     def resolution(self, record_id: str) -> Resolution | None:
         body = self.store.get(f"{RESOLVED}/{record_id}.json")
         if body is None:
@@ -89,7 +98,7 @@ class ResolutionLog:
     def resolved_ids(self) -> set[str]:
         return {
             key.removeprefix(f"{RESOLVED}/").removesuffix(".json")
-            for key in self.store.keys(f"{RESOLVED}/")
+            for key in self.store.list_keys(f"{RESOLVED}/")
         }
 
     def close(self) -> None:

@@ -40,9 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from packaging.version import InvalidVersion, Version
-from pydantic import ValidationError
 
-from geozarr_pipeline.events import ConvertDone
 from geozarr_pipeline.operations.guard import say, store_errors
 from geozarr_pipeline.redaction import redact
 from geozarr_pipeline.submit import (
@@ -230,24 +228,15 @@ def completed_conversion(
     settings: Settings, collection: str, item_id: str
 ) -> dict[str, Any] | None:
     """The convert stage's completion marker if the item is converted, the way the stage
-    itself decides it (`stages.convert.finished`): marker format, store present, reply valid."""
-    from geozarr_pipeline.convert.storage import MARKER_FORMAT, output_for
+    itself decides it (`storage.completed_marker`)."""
+    from geozarr_pipeline.convert.storage import completed_marker, output_for
     from geozarr_pipeline.errors import PipelineError
 
     try:
         with output_for(settings, collection, item_id) as location:
-            marker = location.read_marker()
-            if marker is None or marker.get("format") != MARKER_FORMAT:
-                return None
-            if not location.store_exists():
-                return None
+            return completed_marker(location)
     except PipelineError as exc:
         raise BackfillError(f"cannot read the output of {collection}/{item_id}: {exc}") from exc
-    try:
-        ConvertDone.model_validate(marker.get("done"))
-    except ValidationError:
-        return None
-    return marker
 
 
 def converted_with(marker: dict[str, Any]) -> Version | None:

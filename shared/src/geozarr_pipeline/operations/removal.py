@@ -37,22 +37,22 @@ import os
 import re
 import socket
 import sys
-import tempfile
 import uuid
-from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from types import TracebackType
 from typing import Any, Literal
-from urllib.parse import urlparse
 
+from geozarr_pipeline.attempts import open_attempt_journal
 from geozarr_pipeline.catalog import Catalog, opened_catalog
 from geozarr_pipeline.config import Settings, read_settings
 from geozarr_pipeline.convert import storage
 from geozarr_pipeline.convert.storage import OutputInfo
 from geozarr_pipeline.errors import InProgress, SourceNotFound, TransientError
+from geozarr_pipeline.failures.records import FailureRecord
+from geozarr_pipeline.failures.resolutions import open_resolution_log
+from geozarr_pipeline.failures.store import open_failure_store
+from geozarr_pipeline.objects import ObjectStore, open_object_store
 from geozarr_pipeline.operations.guard import guarded
 
 AUDIT_FOLDER = "_audit/deletions"
@@ -134,99 +134,29 @@ def _encoded(record: Record) -> bytes:
     return (json.dumps(record, sort_keys=False) + "\n").encode()
 
 
-class AuditLog(ABC):
-    """Write-once deletion records, one file or object each."""
+class AuditLog:
+    """Write-once deletion records, one file or object each, in the object storage."""
 
-    location: str
+    def __init__(self, store: ObjectStore) -> None:
+        self.store = store
+        self.location = store.location
 
-    @abstractmethod
-    def url_for(self, record_id: str) -> str: ...
+    def url_for(self, record_id: str) -> str:
+        return f"{self.location.rstrip('/')}/{record_id}.json"
 
-    @abstractmethod
     def write(self, record_id: str, body: bytes) -> None:
-        """Store the record; never overwrite one (raises TransientError when it cannot)."""
+        """Store the record; never overwrite one (TransientError when it cannot be written)."""
+        if not self.store.put(f"{record_id}.json", body, if_absent=True):
+            raise TransientError(f"audit record {record_id} exists already in {self.location}")
 
     def close(self) -> None:
-        return None
+        self.store.close()
 
     def __enter__(self) -> AuditLog:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *_: object) -> None:
         self.close()
-
-
-class FolderAuditLog(AuditLog):
-    """Files written to a temporary name, fsynced, then linked into place (link never replaces)."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root.resolve()
-        self.location = str(self.root)
-
-    def url_for(self, record_id: str) -> str:
-        return str(self.root / f"{record_id}.json")
-
-    def write(self, record_id: str, body: bytes) -> None:
-        try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            fd, tmp_name = tempfile.mkstemp(dir=self.root, prefix=".", suffix=".tmp")
-            try:
-                with os.fdopen(fd, "wb") as handle:
-                    handle.write(body)
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                os.link(tmp_name, self.url_for(record_id))
-            finally:
-                Path(tmp_name).unlink(missing_ok=True)
-        except OSError as exc:
-            raise TransientError(f"cannot write the audit record to {self.root}: {exc}") from exc
-
-
-class S3AuditLog(AuditLog):
-    """Objects created with `If-None-Match: *`, so a record is never overwritten."""
-
-    def __init__(self, settings: Settings, bucket: str, prefix: str) -> None:
-        self.settings = settings
-        self.bucket = bucket
-        self.prefix = prefix.strip("/")
-        self.location = f"s3://{bucket}/{self.prefix}"
-        self._client: Any = None
-
-    def _key(self, record_id: str) -> str:
-        return f"{self.prefix}/{record_id}.json"
-
-    def url_for(self, record_id: str) -> str:
-        return f"s3://{self.bucket}/{self._key(record_id)}"
-
-    def write(self, record_id: str, body: bytes) -> None:
-        from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[import-untyped]
-
-        from geozarr_pipeline.s3 import s3_client
-
-        if self._client is None:
-            self._client = s3_client(self.settings)
-        try:
-            self._client.put_object(
-                Bucket=self.bucket,
-                Key=self._key(record_id),
-                Body=body,
-                ContentType="application/json",
-                IfNoneMatch="*",
-            )
-        except (ClientError, BotoCoreError) as exc:
-            raise TransientError(
-                f"cannot write the audit record to {self.location}: {exc}"
-            ) from exc
-
-    def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
 
 
 def audit_root(settings: Settings) -> str:
@@ -234,11 +164,7 @@ def audit_root(settings: Settings) -> str:
 
 
 def open_audit_log(settings: Settings) -> AuditLog:
-    root = audit_root(settings)
-    if storage.is_s3(root):
-        parsed = urlparse(root)
-        return S3AuditLog(settings, parsed.netloc, parsed.path)
-    return FolderAuditLog(Path(root.removeprefix("file://")))
+    return AuditLog(open_object_store(settings, audit_root(settings)))
 
 
 # One removal ----------------------------------------------------------------------------
@@ -263,6 +189,7 @@ class Remover:
     audit: AuditLog
     reason: str
     emit: Emit
+    _failures: list[FailureRecord] | None = None
 
     def remove(
         self,
@@ -286,7 +213,27 @@ class Remover:
             record = self._record(collection, item_id, location.url, item_deleted, output)
             self._clear(location, record)
             self._publish(record)
+            self._forget(collection, item_id)
         return Outcome("deleted", record)
+
+    def _forget(self, collection: str, item_id: str) -> None:
+        """The item's history goes with it: its open failure records are resolved (a replay
+        must never bring a deleted item back) and its stage attempt records are removed."""
+        if self._failures is None:
+            with open_failure_store(self.settings) as store:
+                self._failures = store.list()
+        log = open_resolution_log(self.settings)
+        try:
+            for failure in self._failures:
+                if failure.collection == collection and failure.item_id == item_id:
+                    log.resolve(failure.record_id, f"item deleted ({self.reason})")
+        finally:
+            log.close()
+        journal = open_attempt_journal(self.settings)
+        try:
+            journal.forget(collection, item_id)
+        finally:
+            journal.close()
 
     @contextlib.contextmanager
     def _held(self, location: storage.OutputLocation) -> Iterator[None]:

@@ -19,6 +19,7 @@ from cloudevents.conversion import to_binary
 from cloudevents.http import CloudEvent
 
 from geozarr_pipeline.cloudevent_http import event_from_json
+from geozarr_pipeline.errors import PipelineError
 from geozarr_pipeline.events import Stage
 from geozarr_pipeline.failures.records import KNATIVE_ERROR_PREFIX, FailureRecord
 from geozarr_pipeline.failures.resolutions import ResolutionLog, Transport
@@ -126,7 +127,7 @@ def stage_succeeded(sources: Sources, record: FailureRecord) -> bool:
 
 
 @dataclass
-class Outcome:
+class ReplayOutcome:
     record_id: str
     item_id: str | None
     stage: str | None
@@ -138,16 +139,37 @@ class Outcome:
         return {k: v for k, v in self.__dict__.items() if v not in (None, "")}
 
 
+def superseding(records: list[FailureRecord]) -> dict[str, str]:
+    """record id -> the newest record of a replay of it that failed again."""
+    newer: dict[str, str] = {}
+    for record in records:  # oldest first: a later failure of the same replay chain wins
+        replayed = record.input_event.get("attributes", {}).get(REPLAY_OF)
+        if isinstance(replayed, str) and replayed != record.record_id:
+            newer[replayed] = record.record_id
+    return newer
+
+
 def replay_one(
     record: FailureRecord,
     sources: Sources,
     log: ResolutionLog,
     sender: Sender | None,
-) -> Outcome:
-    """Replay one record (sender None: a dry run)."""
-    outcome = Outcome(record.record_id, record.item_id, record.stage, "skipped")
+    superseded_by: dict[str, str] | None = None,
+) -> ReplayOutcome:
+    """Replay one record (sender None: a dry run).
+
+    A record whose replay failed again is superseded by that failure's own record: it is
+    resolved as such and not sent again, so repeated replays never multiply the records.
+    """
+    outcome = ReplayOutcome(record.record_id, record.item_id, record.stage, "skipped")
     if log.resolution(record.record_id) is not None:
         outcome.detail = "already resolved"
+        return outcome
+    newer = (superseded_by or {}).get(record.record_id)
+    if newer is not None:
+        if sender is not None:
+            log.resolve(record.record_id, f"superseded by record {newer} (its replay failed)")
+        outcome.action, outcome.detail = "superseded", f"by record {newer}"
         return outcome
     if stage_succeeded(sources, record):
         log.resolve(record.record_id, f"the {record.stage} stage has succeeded since")
@@ -163,13 +185,16 @@ def replay_one(
     except ReplayFailed as exc:
         outcome.action, outcome.detail = "failed", str(exc)
         return outcome
-    log.add_replay(record.record_id, outcome.event_id, sender.transport, sender.target)
     outcome.action = "replayed"
+    try:
+        log.add_replay(record.record_id, outcome.event_id, sender.transport, sender.target)
+    except PipelineError as exc:
+        outcome.detail = f"sent, but the replay was not noted: {exc}"
     return outcome
 
 
 def wait_resolved(
-    outcomes: list[Outcome],
+    outcomes: list[ReplayOutcome],
     records: dict[str, FailureRecord],
     sources: Sources,
     log: ResolutionLog,
@@ -177,7 +202,8 @@ def wait_resolved(
     poll: float = 1.0,
 ) -> None:
     """Until each replayed record's stage is done (then mark it resolved), or the timeout."""
-    pending = [o for o in outcomes if o.action == "replayed" and o.stage in set(Stage)]
+    stages = {stage.value for stage in Stage}
+    pending = [o for o in outcomes if o.action == "replayed" and o.stage in stages]
     deadline = time.monotonic() + timeout
     while pending:
         for outcome in list(pending):

@@ -18,7 +18,9 @@ import json
 import sys
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from geozarr_pipeline.attempts import (
@@ -29,18 +31,26 @@ from geozarr_pipeline.attempts import (
 )
 from geozarr_pipeline.catalog import Catalog, opened_catalog
 from geozarr_pipeline.config import Settings, read_settings
-from geozarr_pipeline.convert.storage import output_for
+from geozarr_pipeline.convert.storage import completed_marker, is_s3, iter_outputs, output_for
 from geozarr_pipeline.errors import SourceNotFound
 from geozarr_pipeline.events import Stage, check_safe_id
 from geozarr_pipeline.failures.records import FailureRecord
 from geozarr_pipeline.failures.resolutions import ResolutionLog, open_resolution_log
-from geozarr_pipeline.failures.store import FailureStore, open_failure_store
+from geozarr_pipeline.failures.store import open_failure_store
 from geozarr_pipeline.objects import open_object_store
 from geozarr_pipeline.operations.guard import say, store_errors
-from geozarr_pipeline.provenance import MARKER_FORMAT
+from geozarr_pipeline.s3 import S3Client, s3_client
 
 STAGES = (Stage.CONVERT, Stage.REGISTER, Stage.AUGMENT)
-RUNNING_WORDS = {Stage.CONVERT: "converting", Stage.REGISTER: "registering"}
+RUNNING_WORDS = {
+    Stage.CONVERT: "converting",
+    Stage.REGISTER: "registering",
+    Stage.AUGMENT: "augmenting",
+}
+# A register or augment attempt still `running` after this long was killed (their Trigger
+# delivery timeout is far shorter).
+LIGHT_STAGE_RUNNING_SECONDS = 900.0
+LISTING_THREADS = 8
 
 
 @dataclass
@@ -114,20 +124,19 @@ class Outputs:
 
 @dataclass
 class Sources:
-    """The stores status reads, opened once for a whole listing."""
+    """The stores status reads, opened once for a whole listing (one S3 client shared)."""
 
     settings: Settings
     journal: AttemptJournal
     failures: list[FailureRecord]
     resolutions: ResolutionLog
     catalog: Catalog
+    s3: S3Client | None = None
 
-    def outputs(self, collection: str, item_id: str, *, with_size: bool) -> tuple[Outputs, Any]:
+    def outputs(self, collection: str, item_id: str) -> Outputs:
         found = Outputs()
-        with output_for(self.settings, collection, item_id) as location:
-            marker = location.read_marker()
-            if marker and marker.get("format") == MARKER_FORMAT and location.store_exists():
-                found.marker = marker
+        with output_for(self.settings, collection, item_id, self.s3) as location:
+            found.marker = completed_marker(location)
             found.lease_held = location.lease_held()
             found.store_url = location.url
         try:
@@ -135,25 +144,54 @@ class Sources:
             found.item_url = self.catalog.item_url(collection, item_id)
         except SourceNotFound:
             found.item = None
-        usage = None
-        if with_size and found.marker is not None and found.store_url:
-            with open_object_store(self.settings, found.store_url) as store:
-                usage = store.usage()
-        return found, usage
+        return found
+
+    def usage(self, store_url: str) -> tuple[int, int]:
+        """(objects, bytes) of a store."""
+        with open_object_store(self.settings, store_url) as store:
+            return store.usage()
 
 
 @contextlib.contextmanager
-def open_sources(settings: Settings) -> Iterator[Sources]:
+def open_sources(settings: Settings, failures_root: str | None = None) -> Iterator[Sources]:
+    """Everything status reads; `failures_root` as the failure commands' `--root`."""
     with contextlib.ExitStack() as stack:
         journal = open_attempt_journal(settings)
         stack.callback(journal.close)
-        failure_store: FailureStore = stack.enter_context(open_failure_store(settings))
-        resolutions = open_resolution_log(settings)
+        failure_store = stack.enter_context(open_failure_store(settings, failures_root))
+        resolutions = open_resolution_log(settings, failures_root)
         stack.callback(resolutions.close)
         resolved = resolutions.resolved_ids()
         failures = [r for r in failure_store.list() if r.record_id not in resolved]
         catalog = stack.enter_context(opened_catalog(settings))
-        yield Sources(settings, journal, failures, resolutions, catalog)
+        s3 = (
+            s3_client(settings, pool_connections=LISTING_THREADS)
+            if is_s3(settings.output_root)
+            else None
+        )
+        if s3 is not None:
+            stack.callback(s3.close)
+        yield Sources(settings, journal, failures, resolutions, catalog, s3)
+
+
+def _attempt_time(attempt: StageAttempt | None) -> str:
+    return (attempt.finished_at or attempt.started_at) if attempt is not None else ""
+
+
+def _output_time(stage: Stage, outputs: Outputs) -> str:
+    """When the stage's output was made, where the output says (convert's marker)."""
+    if stage == Stage.CONVERT and outputs.marker and outputs.marker.get("completed_at"):
+        return utc_time(str(outputs.marker["completed_at"]))
+    return ""
+
+
+def _still_running(stage: Stage, attempt: StageAttempt, outputs: Outputs) -> bool:
+    """A running attempt whose process may still work: convert while its lease is held, the
+    light stages within their delivery timeout (a killed pod leaves `running` behind)."""
+    if stage == Stage.CONVERT:
+        return outputs.lease_held
+    started = datetime.fromisoformat(attempt.started_at.replace("Z", "+00:00"))
+    return (datetime.now(UTC) - started).total_seconds() < LIGHT_STAGE_RUNNING_SECONDS
 
 
 def _stage_status(
@@ -162,6 +200,8 @@ def _stage_status(
     failures: list[FailureRecord],
     outputs: Outputs,
 ) -> StageStatus:
+    """The state of one stage: the outputs decide `done`; the newest of the attempts and the
+    open failure records decides running, failed, retrying or interrupted."""
     status = StageStatus(stage=stage.value, attempts=len(attempts))
     latest = attempts[-1] if attempts else None
     failure = failures[-1] if failures else None
@@ -171,34 +211,36 @@ def _stage_status(
         status.duration_s = latest.duration_s
         if latest.problem is not None:
             status.problem = latest.problem.model_dump(mode="json")
+    done = outputs.done(stage)
+    # A failure counts when nothing newer is known: a later attempt or the output itself.
+    reference = max(_attempt_time(latest), _output_time(stage, outputs))
     failure_newer = failure is not None and (
-        latest is None or failure.recorded_at >= (latest.finished_at or latest.started_at)
+        failure.recorded_at >= reference if reference else not done
     )
     if failure is not None and failure_newer:
         status.problem = failure.problem.model_dump(mode="json")
         status.failure_record = failure.record_id
     running = latest is not None and latest.outcome == "running"
-    if running and (stage != Stage.CONVERT or outputs.lease_held):
-        status.state = RUNNING_WORDS.get(stage, "running")
-    elif outputs.done(stage):
+    if (
+        running
+        and not failure_newer
+        and latest is not None
+        and _still_running(stage, latest, outputs)
+    ):
+        status.state = RUNNING_WORDS[stage]
+    elif done and not failure_newer:
         status.state = "done"
         if stage == Stage.CONVERT and outputs.marker:
-            completed = outputs.marker.get("completed_at")
-            status.finished_at = status.finished_at or (utc_time(completed) if completed else None)
+            status.finished_at = status.finished_at or _output_time(stage, outputs) or None
             status.duration_s = status.duration_s or outputs.marker.get("duration_s")
-        if latest is not None and latest.outcome != "done" and not failure_newer:
-            # The stage's output is there; the latest delivery is an older redelivery's.
-            status.problem = None
-        if failure_newer:
-            status.state = "failed"
+        if latest is None or latest.outcome != "done":
+            status.problem = None  # an older redelivery's problem, not the stage's state
     elif failure_newer or (latest is not None and latest.outcome == "failed"):
         status.state = "failed"
     elif running:
         status.state = "interrupted"
     elif latest is not None and latest.outcome in ("retry", "crashed"):
         status.state = "retrying"
-    elif latest is not None and latest.outcome == "done":
-        status.state = "not started"  # its output was removed since
     return status
 
 
@@ -206,7 +248,7 @@ def item_status(
     sources: Sources, collection: str, item_id: str, *, with_size: bool = True
 ) -> ItemStatus:
     attempts = sources.journal.attempts(collection, item_id)
-    outputs, usage = sources.outputs(collection, item_id, with_size=with_size)
+    outputs = sources.outputs(collection, item_id)
     stages = [
         _stage_status(
             stage,
@@ -224,19 +266,35 @@ def item_status(
     if outputs.marker is not None:
         status.store_url = outputs.store_url
         status.converter_version = outputs.marker.get("eopf_geozarr")
-    if usage is not None:
-        status.store_objects, status.store_bytes = usage
+        if with_size and status.store_url:
+            status.store_objects, status.store_bytes = sources.usage(status.store_url)
     status.item_url = outputs.item_url
     status.viewer_url = outputs.viewer_url
-    if attempts and stages[0].state == "not started" and attempts[-1].outcome == "done":
+    converted_before = any(a.stage == Stage.CONVERT and a.outcome == "done" for a in attempts)
+    if converted_before and outputs.marker is None and stages[0].state == "not started":
         status.notes.append("converted before, but the store is gone")
     return status
 
 
+def item_statuses(
+    sources: Sources, items: Sequence[tuple[str, str]], since: str | None
+) -> list[ItemStatus]:
+    """Many items, a few at a time; sizes only for those active since `since`."""
+
+    def one(key: tuple[str, str]) -> ItemStatus | None:
+        status = item_status(sources, *key, with_size=False)
+        if since and status.last_activity < since:
+            return None
+        if status.store_url:
+            status.store_objects, status.store_bytes = sources.usage(status.store_url)
+        return status
+
+    with ThreadPoolExecutor(max_workers=LISTING_THREADS) as pool:
+        return [s for s in pool.map(one, items) if s is not None]
+
+
 def known_items(sources: Sources, collection: str | None) -> list[tuple[str, str]]:
     """Every item with an attempt, a failure record or a converted store."""
-    from geozarr_pipeline.convert.storage import iter_outputs
-
     found = set(sources.journal.items(collection))
     found |= {
         (r.collection, r.item_id)
@@ -248,7 +306,17 @@ def known_items(sources: Sources, collection: str | None) -> list[tuple[str, str
 
 
 def collections_of(sources: Sources, item_id: str) -> list[str]:
-    return sorted({c for c, i in known_items(sources, None) if i == item_id})
+    """The collections that know the item, probed one by one (no walk of every store)."""
+    found = {r.collection for r in sources.failures if r.item_id == item_id and r.collection}
+    found |= set(sources.journal.collections_of(item_id))
+    with open_object_store(sources.settings, sources.settings.output_root) as outputs:
+        names = [n for n in outputs.children() if n[:1].isalnum()]
+    for name in names:
+        if name not in found:
+            with output_for(sources.settings, name, item_id, sources.s3) as location:
+                if location.read_marker() is not None or location.store_exists():
+                    found.add(name)
+    return sorted(found)
 
 
 # --- output -----------------------------------------------------------------------------------
@@ -358,15 +426,11 @@ def _command(args: argparse.Namespace) -> int:
                     return 1
                 print(json.dumps(status.as_json(), indent=2) if args.json else format_item(status))
                 return 0
-            statuses = [
-                item_status(sources, c, i)
-                for c, i in known_items(sources, check_safe_id(args.collection))
-            ]
+            items = known_items(sources, check_safe_id(args.collection))
+            statuses = item_statuses(sources, items, args.since)
     except store_errors() as exc:
         say("status", exc)
         return 1
-    if args.since:
-        statuses = [s for s in statuses if s.last_activity >= args.since]
     if args.json:
         print(json.dumps([s.as_json() for s in statuses], indent=2))
     else:

@@ -14,8 +14,6 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import ValidationError
-
 from geozarr_pipeline.config import Settings
 from geozarr_pipeline.convert import check, engine, sources, storage
 from geozarr_pipeline.convert.progress import Progress
@@ -26,15 +24,8 @@ from geozarr_pipeline.provenance import pipeline_version
 
 def finished(location: storage.OutputLocation) -> ConvertDone | None:
     """The reply recorded by a completed conversion, if its store is still there."""
-    marker = location.read_marker()
-    if not marker or marker.get("format") != storage.MARKER_FORMAT:
-        return None
-    if not location.store_exists():
-        return None
-    try:
-        return ConvertDone.model_validate(marker.get("done"))
-    except ValidationError:
-        return None  # an unreadable marker counts as absent: the item is converted again
+    marker = storage.completed_marker(location)
+    return None if marker is None else ConvertDone.model_validate(marker["done"])
 
 
 def run(event: ConvertRequested, settings: Settings) -> ConvertDone:
