@@ -112,12 +112,13 @@ def wait_for_records(stack: LocalStack, item_id: str, timeout: float) -> list[di
 
 
 def written_for(stack: LocalStack, item_id: str) -> list[Path]:
-    """Everything under the output and catalog roots that names the item."""
+    """Everything under the output and catalog roots that names the item, apart from what
+    tells of the failure (failure and stage attempt records)."""
     return [
         path
         for folder in ("geozarr", "catalog")
         for path in (stack.root / folder).rglob(f"*{item_id}*")
-        if "_failures" not in path.parts
+        if "_failures" not in path.parts and "_status" not in path.parts
     ]
 
 
