@@ -112,8 +112,17 @@ class FolderObjectStore(ObjectStore):
         )
 
     def delete(self, key: str) -> None:
+        path = self._path(key)
         with contextlib.suppress(FileNotFoundError):
-            self._path(key).unlink()
+            path.unlink()
+        # Empty folders left behind would still look like entries to children().
+        for parent in path.parents:
+            if parent == self.root or self.root not in parent.parents:
+                break
+            try:
+                parent.rmdir()
+            except OSError:
+                break
 
     def children(self, prefix: str = "") -> list[str]:
         base = self._path(prefix) if prefix else self.root
@@ -130,10 +139,12 @@ class FolderObjectStore(ObjectStore):
 class S3ObjectStore(ObjectStore):
     """Objects under a prefix; create-only writes use `If-None-Match: *`."""
 
-    def __init__(self, bucket: str, prefix: str, client: S3Client) -> None:
+    def __init__(self, bucket: str, prefix: str, client: S3Client, *, owns_client: bool = True):
+        """`owns_client` False: a shared client, left open by close()."""
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.client = client
+        self.owns_client = owns_client
         self.location = f"s3://{bucket}/{self.prefix}"
 
     def _key(self, key: str) -> str:
@@ -231,24 +242,30 @@ class S3ObjectStore(ObjectStore):
         return count, size
 
     def close(self) -> None:
-        self.client.close()
+        if self.owns_client:
+            self.client.close()
 
 
-def open_object_store(settings: Settings, root: str, *, fail_fast: bool = False) -> ObjectStore:
+def open_object_store(
+    settings: Settings, root: str, *, fail_fast: bool = False, client: S3Client | None = None
+) -> ObjectStore:
     """The store at `root`: a folder (or file:// URL) or s3://bucket/prefix.
 
-    `fail_fast`: a few seconds and one attempt per call, for records that must not delay work.
+    `fail_fast`: a few seconds and one attempt per call, for records that must not delay work;
+    `client`: a shared S3 client (many stores from one command), not closed with the store.
     """
     parsed = urlparse(root)
     if parsed.scheme == "s3":
         if not parsed.netloc:
             raise ValueError(f"{root!r} names no bucket")
-        client = (
-            s3_client(settings, connect_timeout=2.0, read_timeout=5.0, max_attempts=1)
+        if client is not None:
+            return S3ObjectStore(parsed.netloc, parsed.path, client, owns_client=False)
+        own = (
+            s3_client(settings, connect_timeout=2.0, read_timeout=5.0, total_attempts=1)
             if fail_fast
             else s3_client(settings)
         )
-        return S3ObjectStore(parsed.netloc, parsed.path, client)
+        return S3ObjectStore(parsed.netloc, parsed.path, own)
     if parsed.scheme in ("", "file"):
-        return FolderObjectStore(Path(parsed.path if parsed.scheme == "file" else root))
+        return FolderObjectStore(Path(parsed.path if parsed.scheme == "file" else root).resolve())
     raise ValueError(f"{root!r} must be a folder or an s3:// URL")

@@ -25,10 +25,11 @@ QUOTE_CHARS = 500
 
 _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     # Authorization: Bearer x / Basic x, also inside echoed JSON or repr'd header dicts.
-    # The credential must hold a digit or a token character: "basic information" stays.
+    # The credential must hold a capital, a digit or a token character: "basic information"
+    # stays.
     (
         re.compile(
-            r"(?i)\b(bearer|basic)(?:\s+|%20)(?=[A-Za-z]*[0-9._~+/=-])[A-Za-z0-9._~+/=-]{8,}"
+            r"\b((?i:bearer|basic))(?:\s+|%20)(?=[a-z]*[A-Z0-9._~+/=-])[A-Za-z0-9._~+/=-]{8,}"
         ),
         rf"\1 {REDACTED}",
     ),

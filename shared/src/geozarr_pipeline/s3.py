@@ -22,7 +22,7 @@ def s3_client(
     *,
     connect_timeout: float = 10.0,
     read_timeout: float = 60.0,
-    max_attempts: int = 3,
+    total_attempts: int | None = None,
 ) -> S3Client:
     """A client for the configured endpoint; `pool_connections` per concurrent caller thread.
 
@@ -39,7 +39,12 @@ def s3_client(
         aws_access_key_id=settings.s3_access_key_id,
         aws_secret_access_key=secret.get_secret_value() if secret else None,
         config=Config(
-            retries={"max_attempts": max_attempts, "mode": "standard"},
+            # botocore's max_attempts counts retries; total_max_attempts counts every attempt.
+            retries=(
+                {"total_max_attempts": total_attempts, "mode": "standard"}
+                if total_attempts is not None
+                else {"max_attempts": 3, "mode": "standard"}
+            ),
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
             max_pool_connections=pool_connections,

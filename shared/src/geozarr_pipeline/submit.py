@@ -25,6 +25,7 @@ import httpx
 from pydantic import ValidationError
 
 from geozarr_pipeline.events import SPEC_VERSION, ConvertRequested, EventType, validation_problems
+from geozarr_pipeline.redaction import redact
 
 SUBMIT_SOURCE = "urn:eopf-geozarr:submit"
 SUBMIT_NAMESPACE = uuid.UUID("0d7f1a52-3c1e-4f7e-9a3b-5b8e2f6c9d41")
@@ -290,7 +291,7 @@ def _http_command(args: argparse.Namespace) -> int:
         if args.wait:
             _wait(args, results)
     except (SubmitError, OSError, RuntimeError, httpx.HTTPError) as exc:
-        sys.stderr.write(f"submit: {exc}\n")
+        sys.stderr.write(f"submit: {redact(str(exc))}\n")
         return 1
     return 0
 
@@ -308,7 +309,7 @@ def _amqp_command(args: argparse.Namespace) -> int:
             )
         )
     except (SubmitError, OSError) as exc:
-        sys.stderr.write(f"submit: {exc}\n")
+        sys.stderr.write(f"submit: {redact(str(exc))}\n")
         return 1
     return 0
 

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from geozarr_pipeline.guard import guarded
 from geozarr_pipeline.local.processes import LOOPBACK
 
 
@@ -17,14 +18,14 @@ def _stac_api(args: argparse.Namespace) -> int:
 
 
 def _register(args: argparse.Namespace) -> int:
-    from geozarr_pipeline.config import Settings
+    from geozarr_pipeline.config import read_settings
     from geozarr_pipeline.events import ConvertDone
     from geozarr_pipeline.stages import register
 
     overrides: dict[str, Any] = {}
     if args.mode:
         overrides["register_mode"] = args.mode
-    settings = Settings(**overrides)
+    settings = read_settings().model_copy(update=overrides)
     event = ConvertDone(
         item_id=args.item_id,
         collection=args.collection,
@@ -68,9 +69,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     reg.add_argument("--zarr-url", required=True, help="the source product's Zarr URL")
     reg.add_argument("--source-item-url", default=None)
     reg.add_argument("--mode", choices=["create-or-skip", "upsert", "replace"], default=None)
-    reg.set_defaults(func=_register)
+    reg.set_defaults(func=guarded("register-store", _register))
 
     show = subparsers.add_parser("show-item", help="print an item of the configured catalog")
     show.add_argument("collection")
     show.add_argument("item_id")
-    show.set_defaults(func=_show)
+    show.set_defaults(func=guarded("show-item", _show))

@@ -16,7 +16,7 @@ from geozarr_pipeline.config import Settings, read_settings
 from geozarr_pipeline.failures.records import FailureRecord
 from geozarr_pipeline.failures.resolutions import open_resolution_log
 from geozarr_pipeline.failures.store import open_failure_store
-from geozarr_pipeline.operations.guard import guarded
+from geozarr_pipeline.guard import guarded
 from geozarr_pipeline.operations.status import iso_time
 from geozarr_pipeline.redaction import redact
 from geozarr_pipeline.submit import DEFAULT_EXCHANGE, DEFAULT_ROUTING_KEY
@@ -135,7 +135,10 @@ def _replay(args: argparse.Namespace) -> int:
     try:
         with open_sources(settings, args.root) as sources:
             newer = superseding(every)
-            outcomes = [replay_one(record, sources, log, sender, newer) for record in records]
+            outcomes = [
+                replay_one(record, sources, log, sender, newer, again=args.again)
+                for record in records
+            ]
             if args.wait and sender is not None:
                 by_id = {r.record_id: r for r in records}
                 wait_resolved(outcomes, by_id, sources, log, args.wait)
@@ -200,6 +203,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     replay.add_argument("--exchange", default=DEFAULT_EXCHANGE)
     replay.add_argument("--routing-key", default=DEFAULT_ROUTING_KEY)
     replay.add_argument("--dry-run", action="store_true", help="say what would be replayed")
+    replay.add_argument(
+        "--again",
+        action="store_true",
+        help="send records replayed before and not resolved yet once more",
+    )
     replay.add_argument(
         "--wait",
         type=float,

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from packaging.version import InvalidVersion, Version
 
-from geozarr_pipeline.operations.guard import say, store_errors
+from geozarr_pipeline.guard import say, store_errors
 from geozarr_pipeline.redaction import redact
 from geozarr_pipeline.submit import (
     DEFAULT_EXCHANGE,

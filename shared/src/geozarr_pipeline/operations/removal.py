@@ -52,8 +52,8 @@ from geozarr_pipeline.errors import InProgress, SourceNotFound, TransientError
 from geozarr_pipeline.failures.records import FailureRecord
 from geozarr_pipeline.failures.resolutions import open_resolution_log
 from geozarr_pipeline.failures.store import open_failure_store
+from geozarr_pipeline.guard import guarded, say, store_errors
 from geozarr_pipeline.objects import ObjectStore, open_object_store
-from geozarr_pipeline.operations.guard import guarded
 
 AUDIT_FOLDER = "_audit/deletions"
 AUDIT_FORMAT = "geozarr-pipeline/deletion/1"
@@ -209,6 +209,7 @@ class Remover:
             item_deleted = self.catalog.delete_item(collection, item_id)
             if not item_deleted and output is None:
                 location.clear()  # staging leftovers, if any
+                self._forget(collection, item_id)  # e.g. an item whose source never existed
                 return Outcome("absent")
             record = self._record(collection, item_id, location.url, item_deleted, output)
             self._clear(location, record)
@@ -218,7 +219,17 @@ class Remover:
 
     def _forget(self, collection: str, item_id: str) -> None:
         """The item's history goes with it: its open failure records are resolved (a replay
-        must never bring a deleted item back) and its stage attempt records are removed."""
+        must never bring a deleted item back) and its stage attempt records are removed.
+
+        The item and its store are gone by now: a history that cannot be updated is a warning
+        (run the command again to finish it), not a failed deletion.
+        """
+        try:
+            self._forget_history(collection, item_id)
+        except store_errors() as exc:
+            say("warning", f"{collection}/{item_id}: its failure and attempt records: {exc}")
+
+    def _forget_history(self, collection: str, item_id: str) -> None:
         if self._failures is None:
             with open_failure_store(self.settings) as store:
                 self._failures = store.list()

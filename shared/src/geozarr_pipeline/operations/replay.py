@@ -24,6 +24,7 @@ from geozarr_pipeline.events import Stage
 from geozarr_pipeline.failures.records import KNATIVE_ERROR_PREFIX, FailureRecord
 from geozarr_pipeline.failures.resolutions import ResolutionLog, Transport
 from geozarr_pipeline.operations.status import Sources, item_status
+from geozarr_pipeline.redaction import redact
 
 REPLAY_NAMESPACE = uuid.UUID("5f0c1e8a-9b2d-4c37-8e61-2a7d4b9c0f13")
 REPLAY_OF = "replayof"
@@ -136,16 +137,28 @@ class ReplayOutcome:
     event_id: str | None = None
 
     def as_json(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if v not in (None, "")}
+        fields = {k: v for k, v in self.__dict__.items() if v not in (None, "")}
+        if "detail" in fields:
+            fields["detail"] = redact(fields["detail"])
+        return fields
 
 
 def superseding(records: list[FailureRecord]) -> dict[str, str]:
-    """record id -> the newest record of a replay of it that failed again."""
-    newer: dict[str, str] = {}
-    for record in records:  # oldest first: a later failure of the same replay chain wins
+    """record id -> the newest record of a replay of it that failed again.
+
+    A replayed record is superseded by the newest failure of its replays, and so is every
+    older failure of a replay of the same record: one open record per chain, never more.
+    """
+    children: dict[str, list[str]] = {}
+    for record in records:  # oldest first
         replayed = record.input_event.get("attributes", {}).get(REPLAY_OF)
         if isinstance(replayed, str) and replayed != record.record_id:
-            newer[replayed] = record.record_id
+            children.setdefault(replayed, []).append(record.record_id)
+    newer: dict[str, str] = {}
+    for parent, ids in children.items():
+        newest = ids[-1]
+        newer[parent] = newest
+        newer.update({older: newest for older in ids[:-1]})
     return newer
 
 
@@ -155,6 +168,8 @@ def replay_one(
     log: ResolutionLog,
     sender: Sender | None,
     superseded_by: dict[str, str] | None = None,
+    *,
+    again: bool = False,
 ) -> ReplayOutcome:
     """Replay one record (sender None: a dry run).
 
@@ -175,7 +190,14 @@ def replay_one(
         log.resolve(record.record_id, f"the {record.stage} stage has succeeded since")
         outcome.action, outcome.detail = "resolved", f"{record.stage} is done for the item"
         return outcome
-    event = replay_event(record, len(log.replays(record.record_id)) + 1)
+    replays = log.replays(record.record_id)
+    if replays and not again:
+        outcome.detail = (
+            f"replayed at {replays[-1].replayed_at}, not resolved yet: the replay may still be "
+            "in flight (--again sends it once more)"
+        )
+        return outcome
+    event = replay_event(record, len(replays) + 1)
     outcome.event_id = str(event["id"])
     if sender is None:
         outcome.action = "would replay"
@@ -216,4 +238,7 @@ def wait_resolved(
             break
         time.sleep(poll)
     for outcome in pending:
-        outcome.detail = f"replayed; not done within {timeout:g} s (run replay again later)"
+        outcome.detail = (
+            f"replayed; not done within {timeout:g} s (status shows its progress; replay "
+            "marks it resolved once the stage has succeeded)"
+        )

@@ -37,8 +37,8 @@ from geozarr_pipeline.events import Stage, check_safe_id
 from geozarr_pipeline.failures.records import FailureRecord
 from geozarr_pipeline.failures.resolutions import ResolutionLog, open_resolution_log
 from geozarr_pipeline.failures.store import open_failure_store
+from geozarr_pipeline.guard import say, store_errors
 from geozarr_pipeline.objects import open_object_store
-from geozarr_pipeline.operations.guard import say, store_errors
 from geozarr_pipeline.s3 import S3Client, s3_client
 
 STAGES = (Stage.CONVERT, Stage.REGISTER, Stage.AUGMENT)
@@ -147,8 +147,8 @@ class Sources:
         return found
 
     def usage(self, store_url: str) -> tuple[int, int]:
-        """(objects, bytes) of a store."""
-        with open_object_store(self.settings, store_url) as store:
+        """(objects, bytes) of a store (S3: with the listing's one shared client)."""
+        with open_object_store(self.settings, store_url, client=self.s3) as store:
             return store.usage()
 
 
@@ -181,7 +181,8 @@ def _attempt_time(attempt: StageAttempt | None) -> str:
 def _output_time(stage: Stage, outputs: Outputs) -> str:
     """When the stage's output was made, where the output says (convert's marker)."""
     if stage == Stage.CONVERT and outputs.marker and outputs.marker.get("completed_at"):
-        return utc_time(str(outputs.marker["completed_at"]))
+        with contextlib.suppress(ValueError):
+            return utc_time(str(outputs.marker["completed_at"]))
     return ""
 
 
