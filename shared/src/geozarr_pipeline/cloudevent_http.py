@@ -33,6 +33,7 @@ from pydantic import ValidationError
 
 from geozarr_pipeline.attempts import AttemptJournal, AttemptOutcome, StageAttempt
 from geozarr_pipeline.errors import (
+    EventTooLarge,
     InvalidEvent,
     InvalidInput,
     PermanentError,
@@ -41,12 +42,17 @@ from geozarr_pipeline.errors import (
 )
 from geozarr_pipeline.events import (
     INPUT_MODELS,
+    MAX_DATA_BYTES,
+    MAX_EVENT_BYTES,
+    MAX_JSON_DEPTH,
+    MAX_URL_CHARS,
     EventData,
     EventType,
     InputReference,
     Problem,
     Stage,
     StageFailed,
+    json_depth,
     reply_id,
     validation_problems,
 )
@@ -61,28 +67,63 @@ StageRunner = Callable[[EventData], EventData]
 # Opened on the first event that names an item (a broken status root only costs a warning).
 JournalFactory = Callable[[], AttemptJournal]
 REQUIRED_ATTRIBUTES = ("specversion", "id", "source", "type")
+# Attributes that name things (and end up in logs and records): bounded like URLs.
+CORE_ATTRIBUTES = (*REQUIRED_ATTRIBUTES, "subject", "datacontenttype", "dataschema")
 
 
 def parse_event(headers: Mapping[str, str], body: bytes) -> CloudEvent:
-    """Parse a binary- or structured-mode CloudEvent, naming what is wrong if it is not one."""
+    """Parse a binary- or structured-mode CloudEvent, naming what is wrong if it is not one.
+
+    Bounded before anything else looks at it: at most MAX_EVENT_BYTES, JSON nested at most
+    MAX_JSON_DEPTH levels (a deeper document is refused, never parsed into a RecursionError).
+    """
+    if len(body) > MAX_EVENT_BYTES:
+        raise EventTooLarge(
+            f"the event is {len(body)} bytes; events are limited to {MAX_EVENT_BYTES}"
+        )
     lowered = {k.lower(): v for k, v in headers.items()}
     content_type = lowered.get("content-type", "")
     if content_type.startswith("application/cloudevents+json"):
-        try:
-            envelope = json.loads(body or b"null")
-        except ValueError as exc:
-            raise InvalidEvent(f"structured event body is not valid JSON: {exc}") from exc
+        envelope = _bounded_json(body, "structured event body")
         if not isinstance(envelope, dict):
             raise InvalidEvent("structured event body must be a JSON object")
         missing = [a for a in REQUIRED_ATTRIBUTES if not envelope.get(a)]
     else:
         missing = [a for a in REQUIRED_ATTRIBUTES if not lowered.get(f"ce-{a}")]
+        if content_type.split(";")[0].strip().endswith("json") and body:
+            _bounded_json(body, "event data", required=False)
     if missing:
         raise InvalidEvent(f"missing CloudEvent attribute(s): {', '.join(missing)}")
     try:
-        return from_http(dict(headers), body)
+        event = from_http(dict(headers), body)
     except CloudEventsError as exc:
-        raise InvalidEvent(f"not a valid CloudEvent: {exc}") from exc
+        raise InvalidEvent(f"not a valid CloudEvent: {quoted(str(exc), 200)}") from exc
+    except RecursionError as exc:  # defence in depth: the depth check above comes first
+        raise InvalidEvent(f"JSON nested too deeply (at most {MAX_JSON_DEPTH} levels)") from exc
+    for name in CORE_ATTRIBUTES:
+        value = event.get(name)
+        if value is not None and len(str(value)) > MAX_URL_CHARS:
+            raise InvalidEvent(
+                f"attribute {name} is {len(str(value))} characters; at most {MAX_URL_CHARS}"
+            )
+    return event
+
+
+def _bounded_json(body: bytes, what: str, *, required: bool = True) -> Any:
+    """`body` parsed, refused if it is not JSON (when required) or nests too deeply."""
+    try:
+        value = json.loads(body)
+    except RecursionError as exc:
+        raise InvalidEvent(
+            f"{what}: JSON nested too deeply (at most {MAX_JSON_DEPTH} levels)"
+        ) from exc
+    except ValueError as exc:
+        if not required:
+            return None  # binary data that is not JSON: decode_input says so, per stage
+        raise InvalidEvent(f"{what} is not valid JSON: {exc}") from exc
+    if json_depth(value) > MAX_JSON_DEPTH:
+        raise InvalidEvent(f"{what}: JSON nested deeper than {MAX_JSON_DEPTH} levels")
+    return value
 
 
 def utc_now() -> str:
@@ -138,13 +179,17 @@ def decode_input(stage: Stage, event: CloudEvent) -> EventData:
             f"(accepted: {accepted})"
         )
     model = INPUT_MODELS[EventType(event_type)]
+    payload = event_payload(event)
+    size = len(json.dumps(payload))
+    if size > MAX_DATA_BYTES:
+        raise InvalidInput(f"event data is {size} bytes; at most {MAX_DATA_BYTES}")
     try:
-        return model.model_validate(event_payload(event))
+        return model.model_validate(payload)
     except ValidationError as exc:
         first = exc.errors()[0]["loc"] if exc.errors() else ()
         raise InvalidInput(
             f"invalid {event_type} data: {validation_problems(exc)}",
-            field=".".join(str(p) for p in first) or None,
+            field=".".join(str(p) for p in first)[:100] or None,
         ) from exc
 
 
@@ -188,7 +233,7 @@ def build_failure(
             subject=incoming.get("subject"),
         ),
         problem=_problem(error),
-        input_event=event_as_json(incoming),
+        input_event=recorded_input(incoming),
         failed_at=utc_now(),
     )
     attributes: dict[str, str] = {
@@ -199,6 +244,19 @@ def build_failure(
         "datacontenttype": "application/json",
     }
     return CloudEvent(attributes, failure.model_dump(mode="json"))
+
+
+def recorded_input(event: CloudEvent) -> dict[str, Any]:
+    """The input event as a failure carries it: whole (so it can be replayed) when its data
+    fits MAX_DATA_BYTES, else its attributes and an excerpt of its data (no valid event is
+    that large, so nothing replayable is cut)."""
+    whole = event_as_json(event)
+    size = len(json.dumps(whole))
+    if size <= MAX_DATA_BYTES + 8 * 1024:
+        return whole
+    attributes = {k: quoted(v, 1024) for k, v in whole["attributes"].items()}
+    excerpt = json.dumps(whole.get("data", whole.get("data_base64")))
+    return {"attributes": attributes, "data_excerpt": quoted(excerpt), "data_bytes": size}
 
 
 def _response(status: int, body: str | bytes, headers: Mapping[str, str]) -> flask.Response:
@@ -233,6 +291,23 @@ def _item_of(data: EventData | None, event: CloudEvent) -> tuple[str | None, str
     item_id = getattr(data, "item_id", None) or _data_field(event, "item_id")
     collection = getattr(data, "collection", None) or _data_field(event, "collection")
     return item_id, collection
+
+
+def read_body(request: flask.Request) -> bytes:
+    """The request body, at most MAX_EVENT_BYTES (as the broker ingress takes), read once.
+
+    Refused as an event that can never be delivered, not a fault of ours to retry: a body over
+    the limit (413, before it is read whole) and one whose framing is broken (400).
+    """
+    from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+    request.max_content_length = MAX_EVENT_BYTES
+    try:
+        return request.get_data(cache=True)
+    except RequestEntityTooLarge as exc:
+        raise EventTooLarge(f"events are limited to {MAX_EVENT_BYTES} bytes") from exc
+    except (HTTPException, OSError, ValueError) as exc:
+        raise InvalidEvent(f"the request body cannot be read: {type(exc).__name__}") from exc
 
 
 class Delivery:
@@ -320,11 +395,11 @@ def handle_request(
     the same fields and, where the event names an item, a stage attempt record in `journal`.
     """
     delivery = Delivery(stage, journal)
-    delivery.fields["event_id"] = request.headers.get("ce-id", "")
+    delivery.fields["event_id"] = quoted(request.headers.get("ce-id", ""), 200)
     try:
-        event = parse_event(dict(request.headers), request.get_data())
+        event = parse_event(dict(request.headers), read_body(request))
     except InvalidEvent as exc:
-        delivery.transition("refused", logging.WARNING, problem=exc.code, error=exc.message)
+        delivery.transition("refused", logging.WARNING, problem=exc.code, error=quoted(exc.message))
         return error_response(exc)
     data: EventData | None = None
     try:

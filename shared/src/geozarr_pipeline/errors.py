@@ -50,6 +50,10 @@ class InvalidEvent(PermanentError):
     """The CloudEvent itself is malformed: missing attribute, bad JSON, unexpected type."""
 
 
+class EventTooLarge(InvalidEvent):
+    """The request body is over the size every function and the broker accept."""
+
+
 class InvalidInput(PermanentError):
     """The event is well formed but its data fails validation or names something unusable."""
 
@@ -86,6 +90,7 @@ STATUS_CODES: dict[type[PipelineError], int] = {
     PipelineError: 500,
     PermanentError: 422,
     InvalidEvent: 400,
+    EventTooLarge: 413,
     InvalidInput: 422,
     SourceNotFound: 422,
     UnsupportedProduct: 422,

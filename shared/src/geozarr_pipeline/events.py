@@ -55,20 +55,62 @@ STAGE_OUTPUTS: dict[Stage, EventType] = {
     Stage.AUGMENT: EventType.AUGMENT_DONE,
 }
 
-_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
+# Ids become file and object names: the longest name derived from one is the convert
+# marker's temporary file `{id}.zarr.done.json.{8 hex}.tmp` (id + 28 characters), which must
+# stay under the 255-byte NAME_MAX of the filesystems and object stores we write to.
+MAX_ID_CHARS = 200
+# URLs of the event data; a longer one is refused before any fetch (servers cap near 8 KiB).
+MAX_URL_CHARS = 2048
+# Nesting of any JSON an event carries (envelope and data); ours is 3 levels deep.
+MAX_JSON_DEPTH = 32
+# Request bodies: the broker ingress and every function refuse a larger event (413). An
+# event of ours is about 1 KB; a failure reply carries its input event, so stays well below.
+MAX_EVENT_BYTES = 256 * 1024
+# The data of a valid event, and the most of an input event a failure reply carries whole.
+MAX_DATA_BYTES = 64 * 1024
+
+_SAFE_ID = re.compile(rf"^[A-Za-z0-9][A-Za-z0-9._-]{{0,{MAX_ID_CHARS - 1}}}$")
 
 
 def check_safe_id(value: str) -> str:
     """Item and collection ids become path segments: refuse anything that could escape."""
+    if len(value) > MAX_ID_CHARS:
+        raise ValueError(f"identifier of {len(value)} characters: at most {MAX_ID_CHARS}")
     if not _SAFE_ID.fullmatch(value) or ".." in value:
         raise ValueError(
-            f"{value!r} is not a safe identifier (letters, digits, '.', '_', '-'; "
+            f"{quoted_value(value)} is not a safe identifier (letters, digits, '.', '_', '-'; "
             "no slashes, no '..', not empty)"
         )
     return value
 
 
+def quoted_value(value: str, limit: int = 80) -> str:
+    """`repr(value)`, cut to `limit` characters: an answer never echoes a whole input."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(value)} characters)"
+
+
+def json_depth(value: Any) -> int:
+    """How deeply `value` nests lists and objects (iterative: no recursion limit to hit)."""
+    deepest = 0
+    pending: list[tuple[Any, int]] = [(value, 1)]
+    while pending:
+        node, depth = pending.pop()
+        if isinstance(node, dict):
+            children: Any = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        deepest = max(deepest, depth)
+        if deepest > MAX_JSON_DEPTH:
+            return deepest  # deep enough to refuse; no need to walk the rest
+        pending.extend((child, depth + 1) for child in children)
+    return deepest
+
+
 SafeId = Annotated[str, AfterValidator(check_safe_id)]
+Url = Annotated[str, Field(min_length=1, max_length=MAX_URL_CHARS)]
 
 
 def item_id_from_url(url: str) -> str:
@@ -78,12 +120,23 @@ def item_id_from_url(url: str) -> str:
     return name.removesuffix(".zarr")
 
 
-def validation_problems(error: ValidationError, root: str = "data") -> str:
-    """`field.path: message; ...` for every problem of a failed model validation."""
-    return "; ".join(
-        f"{'.'.join(str(p) for p in problem['loc']) or root}: {problem['msg']}"
-        for problem in error.errors()
-    )
+def validation_problems(error: ValidationError, root: str = "data", limit: int = 5) -> str:
+    """`field.path: message; ...` for the first `limit` problems of a failed validation.
+
+    Field names come from the input (an unknown key is a problem), so each is cut short.
+    """
+    problems = error.errors()
+    named = [
+        f"{'.'.join(_short(str(p)) for p in problem['loc']) or root}: {problem['msg']}"
+        for problem in problems[:limit]
+    ]
+    if len(problems) > limit:
+        named.append(f"... {len(problems) - limit} more")
+    return "; ".join(named)
+
+
+def _short(text: str, limit: int = 64) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}..."
 
 
 class EventData(BaseModel):
@@ -104,7 +157,7 @@ class ConvertRequested(EventData):
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
-    source_url: str = Field(min_length=1)
+    source_url: Url
     item_id: SafeId | None = None
     collection: SafeId
     options: ConversionOptions = Field(default_factory=ConversionOptions)
@@ -129,24 +182,24 @@ class ConvertRequested(EventData):
 class ConvertDone(EventData):
     item_id: SafeId
     collection: SafeId
-    source_url: str
-    source_item_url: str | None = None
-    zarr_url: str = Field(description="The source product's Zarr URL")
-    output_url: str = Field(description="Where the GeoZarr store was written")
+    source_url: Url
+    source_item_url: Url | None = None
+    zarr_url: Url = Field(description="The source product's Zarr URL")
+    output_url: Url = Field(description="Where the GeoZarr store was written")
 
 
 class RegisterDone(EventData):
     item_id: SafeId
     collection: SafeId
-    item_url: str
-    output_url: str
+    item_url: Url
+    output_url: Url
 
 
 class AugmentDone(EventData):
     item_id: SafeId
     collection: SafeId
-    item_url: str
-    viewer_url: str | None = None
+    item_url: Url
+    viewer_url: Url | None = None
 
 
 class Problem(EventData):

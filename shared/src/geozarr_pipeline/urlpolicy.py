@@ -6,46 +6,129 @@ event cannot make a stage reach into the cluster's own network.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
+
+import httpx
 
 from geozarr_pipeline.config import Settings
 from geozarr_pipeline.errors import InvalidInput, TransientError
+from geozarr_pipeline.events import quoted_value
+
+if TYPE_CHECKING:
+    from aiohttp import ClientHandlerType, ClientRequest, ClientResponse
 
 ALWAYS_ALLOWED_SCHEMES = frozenset({"https", "s3"})
+MAX_REDIRECTS = 5
 
 
-def check_url(url: str, settings: Settings, *, what: str = "source URL") -> None:
+@dataclass(frozen=True)
+class UrlPolicy:
+    """The settings that decide what may be fetched (hashable: one middleware per policy)."""
+
+    allow_file_urls: bool
+    allow_plain_http: bool
+    allow_private_hosts: bool
+    allowed_hosts: tuple[str, ...]
+
+    @classmethod
+    def of(cls, settings: Settings | UrlPolicy) -> UrlPolicy:
+        if isinstance(settings, UrlPolicy):
+            return settings
+        return cls(
+            allow_file_urls=settings.allow_file_urls,
+            allow_plain_http=settings.allow_plain_http,
+            allow_private_hosts=settings.allow_private_hosts,
+            allowed_hosts=tuple(settings.allowed_hosts),
+        )
+
+
+def check_url(url: str, settings: Settings | UrlPolicy, *, what: str = "source URL") -> None:
     """Refuse a URL that the policy does not allow; return quietly if it is fine."""
+    if any(ord(c) <= 32 or ord(c) == 127 for c in url):
+        raise InvalidInput(
+            f"{what} {quoted_value(url, 200)}: spaces and control characters are not allowed"
+        )
     parsed = urlparse(url)
     scheme = parsed.scheme.lower()
     if scheme == "file":
         if not settings.allow_file_urls:
-            raise InvalidInput(f"{what} {url!r}: file:// URLs are not allowed here")
+            raise InvalidInput(
+                f"{what} {quoted_value(url, 200)}: file:// URLs are not allowed here"
+            )
         if parsed.netloc not in ("", "localhost"):
-            raise InvalidInput(f"{what} {url!r}: file:// URLs must not name a host")
+            raise InvalidInput(
+                f"{what} {quoted_value(url, 200)}: file:// URLs must not name a host"
+            )
         return
     if scheme == "http":
         if not settings.allow_plain_http:
-            raise InvalidInput(f"{what} {url!r}: plain http is not allowed (use https)")
+            raise InvalidInput(
+                f"{what} {quoted_value(url, 200)}: plain http is not allowed (use https)"
+            )
     elif scheme not in ALWAYS_ALLOWED_SCHEMES:
         raise InvalidInput(
-            f"{what} {url!r}: scheme {scheme or '(none)'!r} is not allowed "
+            f"{what} {quoted_value(url, 200)}: scheme {scheme or '(none)'!r} is not allowed "
             "(https or s3; file:// and http only in local mode)"
         )
     if parsed.username is not None or parsed.password is not None:
-        raise InvalidInput(f"{what} {url!r}: credentials in URLs are not accepted")
+        raise InvalidInput(f"{what} {quoted_value(url, 200)}: credentials in URLs are not accepted")
     host = parsed.hostname
     if not host:
-        raise InvalidInput(f"{what} {url!r} has no host")
+        raise InvalidInput(f"{what} {quoted_value(url, 200)} has no host")
     _check_allow_list(host, settings, url, what)
     # An s3 bucket is a name on the configured endpoint, not a network address.
     if scheme != "s3" and not settings.allow_private_hosts:
         _check_public_host(host, parsed.port, url, what)
 
 
-def _check_allow_list(host: str, settings: Settings, url: str, what: str) -> None:
+def policy_client(settings: Settings, *, user_agent: str) -> httpx.Client:
+    """An HTTP client whose every request, each redirect hop included, passes the policy."""
+
+    def check_request(request: httpx.Request) -> None:
+        check_url(str(request.url), settings, what="URL")
+
+    return httpx.Client(
+        timeout=settings.http_timeout_seconds,
+        follow_redirects=True,
+        max_redirects=MAX_REDIRECTS,
+        trust_env=True,
+        event_hooks={"request": [check_request]},
+        headers={"User-Agent": user_agent},
+    )
+
+
+ClientMiddleware = Callable[["ClientRequest", "ClientHandlerType"], Awaitable["ClientResponse"]]
+
+
+def policy_middleware(settings: Settings | UrlPolicy) -> ClientMiddleware:
+    """An aiohttp client middleware (fsspec's HTTP filesystem) checking every request, each
+    redirect hop included, before it connects. A host that passed once is not resolved again
+    for every chunk read. One per policy, so fsspec's filesystem cache still applies."""
+    return _middleware_for(UrlPolicy.of(settings))
+
+
+@functools.lru_cache(maxsize=8)
+def _middleware_for(settings: UrlPolicy) -> ClientMiddleware:
+    passed: set[tuple[str, str, int | None]] = set()
+
+    async def check_request(request: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
+        url = request.url
+        origin = (url.scheme, url.host or "", url.port)
+        if origin not in passed:
+            check_url(str(url), settings, what="product URL")
+            passed.add(origin)
+        return await handler(request)
+
+    return check_request
+
+
+def _check_allow_list(host: str, settings: Settings | UrlPolicy, url: str, what: str) -> None:
     if not settings.allowed_hosts:
         return
     host = host.lower()
@@ -56,7 +139,9 @@ def _check_allow_list(host: str, settings: Settings, url: str, what: str) -> Non
                 return
         elif host == entry:
             return
-    raise InvalidInput(f"{what} {url!r}: host {host!r} is not in the allowed hosts")
+    raise InvalidInput(
+        f"{what} {quoted_value(url, 200)}: host {host!r} is not in the allowed hosts"
+    )
 
 
 def _check_public_host(host: str, port: int | None, url: str, what: str) -> None:
@@ -65,14 +150,64 @@ def _check_public_host(host: str, port: int | None, url: str, what: str) -> None
         infos = socket.getaddrinfo(host, port or 443, proto=socket.IPPROTO_TCP)
     except socket.gaierror as exc:
         if exc.errno == socket.EAI_NONAME:
-            raise InvalidInput(f"{what} {url!r}: host {host!r} does not resolve") from exc
-        raise TransientError(f"cannot resolve {host!r} for {url!r}: {exc}") from exc
+            raise InvalidInput(
+                f"{what} {quoted_value(url, 200)}: host {host!r} does not resolve"
+            ) from exc
+        raise TransientError(
+            f"cannot resolve {host!r} for {quoted_value(url, 200)}: {exc}"
+        ) from exc
     for info in infos:
         address = ipaddress.ip_address(info[4][0])
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
-        if not address.is_global or address.is_multicast:
+        refused = non_public_reason(address)
+        if refused:
             raise InvalidInput(
-                f"{what} {url!r}: host {host!r} resolves to a non-public address ({address}); "
-                "private, loopback and link-local hosts are refused"
+                f"{what} {quoted_value(url, 200)}: host {host!r} resolves to a non-public address "
+                f"({address}, {refused}); private, loopback and link-local hosts are refused"
             )
+
+
+# IPv6 prefixes that carry an IPv4 address in their last 32 bits (RFC 6052 NAT64, the
+# well-known and the local-use prefix).
+_NAT64_PREFIXES = (
+    ipaddress.IPv6Network("64:ff9b::/96"),
+    ipaddress.IPv6Network("64:ff9b:1::/48"),
+)
+_IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
+
+
+def embedded_ipv4(address: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 transition form reaches: mapped, compatible, NAT64, 6to4,
+    Teredo. A packet to such an address ends up at the IPv4 host, so that host is checked."""
+    found: list[ipaddress.IPv4Address] = []
+    if address.ipv4_mapped is not None:
+        found.append(address.ipv4_mapped)
+    if address.sixtofour is not None:
+        found.append(address.sixtofour)
+    if address.teredo is not None:
+        found.extend(address.teredo)
+    low32 = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    if address in _IPV4_COMPATIBLE and int(address) > 1:  # not :: and ::1 themselves
+        found.append(low32)
+    if any(address in prefix for prefix in _NAT64_PREFIXES):
+        found.append(low32)
+    return found
+
+
+def non_public_reason(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
+    """Why an address is not a public unicast host, or None if it is one."""
+    candidates: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = [address]
+    if isinstance(address, ipaddress.IPv6Address):
+        candidates.extend(embedded_ipv4(address))
+    for candidate in candidates:
+        if candidate.is_multicast:
+            return f"multicast {candidate}"
+        if not candidate.is_global:
+            kind = (
+                "loopback"
+                if candidate.is_loopback
+                else "link-local"
+                if candidate.is_link_local
+                else "not global"
+            )
+            return kind if candidate == address else f"embeds {kind} {candidate}"
+    return None

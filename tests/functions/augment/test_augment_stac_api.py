@@ -34,7 +34,7 @@ def test_augment_writes_back_through_the_stac_api_idempotently(
     settings = Settings(
         catalog_backend="stac-api",
         stac_api_url=stac_api.url,
-        output_root=str(converted_l2a.path.parent),
+        output_root=str(converted_l2a.root),
         raster_api_url=RASTER,
         allow_plain_http=True,
         allow_private_hosts=True,

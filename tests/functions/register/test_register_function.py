@@ -13,7 +13,7 @@ import pytest
 from geozarr_pipeline.local.processes import LOOPBACK, ManagedProcess, free_port, http_ready
 from geozarr_pipeline.local.stack import function_command
 from tests.fixtures.sample import LOCAL_SOURCES_ENV
-from tests.fixtures.stac_api import ConvertedStore, FaultProxy, StacApiInfo
+from tests.fixtures.stac_api import ConvertedStore, FaultProxy, StacApiInfo, place_converted
 from tests.functions.failures import problem_of
 
 
@@ -48,7 +48,7 @@ def register_function(
             "GEOZARR_CATALOG_BACKEND": "stac-api",
             "GEOZARR_STAC_API_URL": proxy.url,
             "GEOZARR_STAC_API_BACKOFF_SECONDS": "0.01",
-            "GEOZARR_OUTPUT_ROOT": str(converted_l2a.path.parent),
+            "GEOZARR_OUTPUT_ROOT": str(converted_l2a.root),
             "GEOZARR_REGISTER_MODE": "upsert",
             **LOCAL_SOURCES_ENV,
         },
@@ -60,14 +60,8 @@ def register_function(
 
 
 def _send(url: str, store: ConvertedStore, collection: str, event_id: str) -> httpx.Response:
-    data = {
-        "item_id": store.item_id,
-        "collection": collection,
-        "source_url": store.source_item_url,
-        "source_item_url": store.source_item_url,
-        "zarr_url": store.zarr_url,
-        "output_url": str(store.path),
-    }
+    """Post the convert.done of `store` converted into `collection` (placed there first)."""
+    data = place_converted(store, store.root, collection).model_dump(mode="json")
     headers = {
         "ce-specversion": "1.0",
         "ce-type": "eopf.geozarr.convert.done",
@@ -143,7 +137,7 @@ def test_static_catalog_backend(
         {
             "GEOZARR_CATALOG_BACKEND": "static",
             "GEOZARR_CATALOG_ROOT": str(catalog_root),
-            "GEOZARR_OUTPUT_ROOT": str(converted_l2a.path.parent),
+            "GEOZARR_OUTPUT_ROOT": str(converted_l2a.root),
             **LOCAL_SOURCES_ENV,
         },
     )

@@ -20,7 +20,7 @@ def test_register_store_then_show_item(
 ) -> None:
     monkeypatch.setenv("GEOZARR_CATALOG_BACKEND", "static")
     monkeypatch.setenv("GEOZARR_CATALOG_ROOT", str(tmp_path / "catalog"))
-    monkeypatch.setenv("GEOZARR_OUTPUT_ROOT", str(converted_l2a.path.parent))
+    monkeypatch.setenv("GEOZARR_OUTPUT_ROOT", str(converted_l2a.root))
     for name, value in LOCAL_SOURCES_ENV.items():
         monkeypatch.setenv(name, value)
     code = main(

@@ -19,7 +19,7 @@ from geozarr_pipeline.config import Settings
 from geozarr_pipeline.errors import TransientError, UpstreamRejected, status_code_for
 from geozarr_pipeline.local.processes import LOOPBACK, free_port
 from tests.fixtures.sample import LOCAL_SOURCES
-from tests.fixtures.stac_api import FaultProxy, StacApiInfo
+from tests.fixtures.stac_api import FaultProxy, StacApiInfo, place_converted
 
 
 def _item(collection: str, item_id: str, title: str = "first") -> dict[str, Any]:
@@ -371,18 +371,10 @@ def test_static_and_api_store_the_same_item(
     stac_api: StacApiInfo, converted_l2a: Any, tmp_path: Any
 ) -> None:
     from geozarr_pipeline.catalog.static import StaticCatalog
-    from geozarr_pipeline.events import ConvertDone
     from geozarr_pipeline.stages import register
 
-    event = ConvertDone(
-        item_id=converted_l2a.item_id,
-        collection=_collection(),
-        source_url=converted_l2a.source_item_url,
-        source_item_url=converted_l2a.source_item_url,
-        zarr_url=converted_l2a.zarr_url,
-        output_url=str(converted_l2a.path),
-    )
-    settings = Settings(output_root=str(converted_l2a.path.parent), **LOCAL_SOURCES)
+    event = place_converted(converted_l2a, converted_l2a.root, _collection())
+    settings = Settings(output_root=str(converted_l2a.root), **LOCAL_SOURCES)
     api = _catalog(stac_api.url)
     static = StaticCatalog(tmp_path)
     register.run(event, settings, catalog=api)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -12,36 +13,24 @@ import pytest
 
 from geozarr_pipeline.config import Settings
 from geozarr_pipeline.errors import InvalidInput, OutputCheckFailed, RateLimited, TransientError
-from geozarr_pipeline.events import ConvertDone
 from geozarr_pipeline.stac.hrefs import asset_hrefs
 from geozarr_pipeline.stac.item import item_bbox
 from geozarr_pipeline.stac.validate import validate_item, validation_errors
 from geozarr_pipeline.stages.register import build_registered_item
 from tests.fixtures.sample import LOCAL_SOURCES
-from tests.fixtures.stac_api import ConvertedStore
-
-
-def _event(store: ConvertedStore, *, with_item: bool = True) -> ConvertDone:
-    return ConvertDone(
-        item_id=store.item_id,
-        collection=store.collection,
-        source_url=store.source_item_url if with_item else store.zarr_url,
-        source_item_url=store.source_item_url if with_item else None,
-        zarr_url=store.zarr_url,
-        output_url=str(store.path),
-    )
+from tests.fixtures.stac_api import ConvertedStore, place_converted
 
 
 def _build(store: ConvertedStore, settings: Settings, **kwargs: bool) -> dict[str, Any]:
     with httpx.Client(timeout=10) as client:
         return build_registered_item(
-            _event(store, **kwargs), settings, client, "http://catalog.invalid/collections/c"
+            store.done(**kwargs), settings, client, "http://catalog.invalid/collections/c"
         )
 
 
 @pytest.fixture(scope="module")
 def item(converted_l2a: ConvertedStore, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    settings = Settings(output_root=str(converted_l2a.path.parent), **LOCAL_SOURCES)
+    settings = Settings(output_root=str(converted_l2a.root), **LOCAL_SOURCES)
     return _build(converted_l2a, settings)
 
 
@@ -147,13 +136,17 @@ def test_item_validates_and_an_invalid_item_is_rejected(item: dict[str, Any]) ->
 def test_same_event_builds_the_same_item(
     item: dict[str, Any], converted_l2a: ConvertedStore
 ) -> None:
-    settings = Settings(output_root=str(converted_l2a.path.parent), **LOCAL_SOURCES)
+    settings = Settings(output_root=str(converted_l2a.root), **LOCAL_SOURCES)
     assert _build(converted_l2a, settings) == item
 
 
-def test_direct_zarr_source_uses_the_product_metadata(converted_l2a: ConvertedStore) -> None:
-    settings = Settings(output_root=str(converted_l2a.path.parent), **LOCAL_SOURCES)
-    built = _build(converted_l2a, settings, with_item=False)
+def test_direct_zarr_source_uses_the_product_metadata(
+    converted_l2a: ConvertedStore, tmp_path: Path
+) -> None:
+    done = place_converted(converted_l2a, tmp_path, with_item=False)
+    settings = Settings(output_root=str(tmp_path), **LOCAL_SOURCES)
+    with httpx.Client(timeout=10) as client:
+        built = build_registered_item(done, settings, client, "http://catalog.invalid/c")
     derived = next(link for link in built["links"] if link["rel"] == "derived_from")
     assert derived["href"] == converted_l2a.zarr_url
     properties = built["properties"]
@@ -179,10 +172,14 @@ def test_s3_hrefs_become_public_with_the_s3_form_as_alternate() -> None:
     assert (outside, none) == ("s3://other/x.zarr", {})
 
 
-def test_missing_store_is_an_output_error(converted_l2a: ConvertedStore, tmp_path: Path) -> None:
-    event = _event(converted_l2a).model_copy(update={"output_url": str(tmp_path / "none.zarr")})
-    with httpx.Client() as client, pytest.raises(OutputCheckFailed):
-        build_registered_item(event, Settings(**LOCAL_SOURCES), client, "http://catalog.invalid/c")
+def test_an_asset_node_missing_from_the_store_is_an_output_error(
+    converted_l2a: ConvertedStore, tmp_path: Path
+) -> None:
+    done = place_converted(converted_l2a, tmp_path)
+    shutil.rmtree(Path(done.output_url) / "quality")
+    settings = Settings(output_root=str(tmp_path), **LOCAL_SOURCES)
+    with httpx.Client() as client, pytest.raises(OutputCheckFailed, match="missing"):
+        build_registered_item(done, settings, client, "http://catalog.invalid/c")
 
 
 def test_source_bbox_kept_when_valid_and_recomputed_when_not() -> None:
@@ -234,17 +231,20 @@ def test_a_file_url_store_is_written_as_its_local_path(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("with_item", [True, False], ids=["item-url", "zarr-url"])
 def test_source_urls_of_the_event_follow_the_source_policy(
-    converted_l2a: ConvertedStore, with_item: bool
+    converted_l2a: ConvertedStore, with_item: bool, tmp_path: Path
 ) -> None:
     """Without local mode, a loopback plain-http source named by the event is never fetched."""
-    settings = Settings(output_root=str(converted_l2a.path.parent))
-    with pytest.raises(InvalidInput, match="plain http is not allowed"):
-        _build(converted_l2a, settings, with_item=with_item)
-    https_loopback = _event(converted_l2a, with_item=with_item).model_copy(
-        update={
-            "source_item_url": "https://127.0.0.1/items/x" if with_item else None,
-            "zarr_url": "https://127.0.0.1/x.zarr",
-        }
+    plain = place_converted(converted_l2a, tmp_path / "plain", with_item=with_item)
+    settings = Settings(output_root=str(tmp_path / "plain"))
+    with httpx.Client() as client, pytest.raises(InvalidInput, match="plain http is not allowed"):
+        build_registered_item(plain, settings, client, "http://catalog.invalid/c")
+    https_loopback = place_converted(
+        converted_l2a,
+        tmp_path / "loopback",
+        with_item=with_item,
+        source_item_url="https://127.0.0.1/items/x" if with_item else None,
+        zarr_url="https://127.0.0.1/x.zarr",
     )
+    settings = Settings(output_root=str(tmp_path / "loopback"))
     with httpx.Client() as client, pytest.raises(InvalidInput, match="non-public address"):
         build_registered_item(https_loopback, settings, client, "http://catalog.invalid/c")

@@ -9,12 +9,12 @@ import httpx
 import pytest
 
 from geozarr_pipeline.config import Settings
-from geozarr_pipeline.events import ConvertDone
+from geozarr_pipeline.convert.storage import output_for
 from geozarr_pipeline.stac.validate import validation_errors
 from geozarr_pipeline.stages.register import build_registered_item
 from tests.fixtures.s3 import S3Server
 from tests.fixtures.sample import LOCAL_SOURCES
-from tests.fixtures.stac_api import ConvertedStore
+from tests.fixtures.stac_api import ConvertedStore, completion_marker
 
 PUBLIC = "https://data.example.org/geozarr"
 
@@ -49,14 +49,10 @@ def test_store_on_s3(
         s3_access_key_id=s3_server.access_key_id,
         s3_secret_access_key=s3_server.secret_access_key,  # type: ignore[arg-type]
     )
-    event = ConvertDone(
-        item_id=converted_l2a.item_id,
-        collection=converted_l2a.collection,
-        source_url=converted_l2a.source_item_url,
-        source_item_url=converted_l2a.source_item_url,
-        zarr_url=converted_l2a.zarr_url,
-        output_url=url,
-    )
+    event = converted_l2a.done().model_copy(update={"output_url": url})
+    with output_for(settings, event.collection, event.item_id) as location:
+        assert location.url == url
+        location.write_marker(completion_marker(event))
     with httpx.Client(timeout=10) as client:
         item: dict[str, Any] = build_registered_item(
             event, settings, client, "http://catalog.invalid/collections/c"

@@ -25,7 +25,7 @@ from geozarr_pipeline.errors import (
     TransientError,
     UnsupportedProduct,
 )
-from geozarr_pipeline.urlpolicy import check_url
+from geozarr_pipeline.urlpolicy import check_url, policy_client, policy_middleware
 
 SENTINEL2_PRODUCT_TYPES = frozenset({"S02MSIL1C", "S02MSIL2A"})
 
@@ -61,25 +61,15 @@ def storage_options(url: str, settings: Settings) -> dict[str, Any] | None:
             options["endpoint_url"] = settings.source_s3_endpoint_url
         return options
     if scheme in ("http", "https"):
-        # Honour HTTP(S)_PROXY like the item fetch does (cluster egress may need a proxy).
-        return {"client_kwargs": {"trust_env": True}}
+        # Honour HTTP(S)_PROXY like the item fetch does (cluster egress may need a proxy);
+        # every chunk read, each redirect hop included, passes the URL policy.
+        return {"client_kwargs": {"trust_env": True, "middlewares": (policy_middleware(settings),)}}
     return None
 
 
 def http_client(settings: Settings) -> httpx.Client:
-    """An HTTP client whose every request, redirects included, passes the URL policy."""
-
-    def check_request(request: httpx.Request) -> None:
-        check_url(str(request.url), settings)
-
-    return httpx.Client(
-        timeout=settings.http_timeout_seconds,
-        follow_redirects=True,
-        max_redirects=5,
-        trust_env=True,
-        event_hooks={"request": [check_request]},
-        headers={"User-Agent": "geozarr-pipeline-convert"},
-    )
+    """The client of the item and metadata fetches: every hop passes the URL policy."""
+    return policy_client(settings, user_agent="geozarr-pipeline-convert")
 
 
 def _get(client: httpx.Client, url: str, what: str) -> httpx.Response | None:

@@ -24,14 +24,13 @@ from urllib.parse import urlsplit
 from geozarr_pipeline.cloudevent_http import parse_event
 from geozarr_pipeline.config import Settings, get_settings
 from geozarr_pipeline.errors import InvalidEvent, TransientError
+from geozarr_pipeline.events import MAX_EVENT_BYTES
 from geozarr_pipeline.failures.records import FailureRecord, record_from_event
 from geozarr_pipeline.failures.store import FailureStore, open_failure_store
 from geozarr_pipeline.jsonhttp import JsonRequestHandler
 from geozarr_pipeline.logs import configure_logging
 
 log = logging.getLogger(__name__)
-
-MAX_BODY_BYTES = 16 * 1024 * 1024
 
 
 class FailureRecorder:
@@ -77,7 +76,7 @@ def _handler_for(recorder: FailureRecorder) -> type[BaseHTTPRequestHandler]:
         server_version = "geozarr-failure-recorder"
 
         def do_POST(self) -> None:
-            body = self._read_body_or_refuse(MAX_BODY_BYTES)
+            body = self._read_body_or_refuse(MAX_EVENT_BYTES)
             if body is None:
                 return
             try:

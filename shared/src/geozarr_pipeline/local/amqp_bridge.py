@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import signal
 import threading
 import time
@@ -34,11 +35,18 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from geozarr_pipeline.events import SPEC_VERSION, EventType
+from geozarr_pipeline.events import (
+    MAX_EVENT_BYTES,
+    MAX_JSON_DEPTH,
+    SPEC_VERSION,
+    EventType,
+    json_depth,
+)
 from geozarr_pipeline.jsonhttp import JsonRequestHandler
 from geozarr_pipeline.local.dispatch import source_retries
 from geozarr_pipeline.local.routing import DeliverySpec, ManifestError, load_source_delivery
 from geozarr_pipeline.logs import configure_logging
+from geozarr_pipeline.redaction import quoted
 
 if TYPE_CHECKING:
     from pika.adapters.blocking_connection import BlockingChannel
@@ -59,6 +67,7 @@ REQUIRED = ("specversion", "id", "source", "type")
 # uses ce-; the CloudEvents AMQP binding uses cloudEvents: (or cloudEvents_).
 HEADER_PREFIXES = ("ce-", "ce_", "cloudevents:", "cloudevents_")
 STRUCTURED = "application/cloudevents+json"
+_ATTRIBUTE_NAME = re.compile(r"[a-z0-9]{1,64}")
 
 
 class InvalidMessage(ValueError):
@@ -93,15 +102,46 @@ def ce_attributes(headers: Mapping[str, Any] | None) -> dict[str, str]:
     return found
 
 
+def _json_body(body: bytes, what: str) -> Any:
+    """The body as JSON, bounded like the broker bounds an event (size, nesting)."""
+    try:
+        value = json.loads(body)
+    except RecursionError as exc:
+        raise InvalidMessage(f"{what} nests deeper than {MAX_JSON_DEPTH} levels") from exc
+    except ValueError as exc:
+        raise InvalidMessage(f"{what} is not JSON ({quoted(str(exc), 200)})") from exc
+    if json_depth(value) > MAX_JSON_DEPTH:
+        raise InvalidMessage(f"{what} nests deeper than {MAX_JSON_DEPTH} levels")
+    return value
+
+
+def _header_value(name: str, value: str) -> str:
+    """An attribute as an HTTP header value: printable ASCII only (no CR/LF, no controls)."""
+    if not all(32 <= ord(c) < 127 for c in value):
+        raise InvalidMessage(
+            f"ce-{quoted(name, 60)} holds characters an HTTP header cannot carry "
+            "(control characters, CR/LF or non-ASCII)"
+        )
+    return value
+
+
+def _attribute_name(name: str) -> str:
+    """CloudEvents attribute names are lower-case letters and digits (spec 1.0, at most 20)."""
+    if not _ATTRIBUTE_NAME.fullmatch(name):
+        raise InvalidMessage(
+            f"header ce-{quoted(name, 60)}: attribute names are letters and digits only"
+        )
+    return name
+
+
 def to_event(properties: BasicProperties, body: bytes, *, source: str = DEFAULT_SOURCE) -> Outgoing:
     """Translate one AMQP message, or raise InvalidMessage naming what is wrong."""
-    content_type = (properties.content_type or "").strip()
+    if len(body) > MAX_EVENT_BYTES:
+        raise InvalidMessage(f"body of {len(body)} bytes; events are limited to {MAX_EVENT_BYTES}")
+    content_type = _header_value("content-type", (properties.content_type or "").strip())
     attributes = ce_attributes(properties.headers)
     if not attributes and content_type.lower().startswith(STRUCTURED):
-        try:
-            envelope = json.loads(body)
-        except ValueError as exc:
-            raise InvalidMessage(f"structured CloudEvent body is not JSON: {exc}") from exc
+        envelope = _json_body(body, "structured CloudEvent body")
         if not isinstance(envelope, dict):
             raise InvalidMessage("structured CloudEvent body is not a JSON object")
         missing = [a for a in REQUIRED if not envelope.get(a)]
@@ -116,16 +156,18 @@ def to_event(properties: BasicProperties, body: bytes, *, source: str = DEFAULT_
             raise InvalidMessage(f"ce-* headers lack {', '.join(missing)}")
         if attributes["specversion"] != SPEC_VERSION:
             raise InvalidMessage(f"unsupported ce-specversion {attributes['specversion']!r}")
-        headers = {f"ce-{k}": v for k, v in attributes.items() if k != "datacontenttype"}
-        headers["content-type"] = (
-            attributes.get("datacontenttype") or content_type or "application/json"
+        headers = {
+            f"ce-{_attribute_name(k)}": _header_value(k, v)
+            for k, v in attributes.items()
+            if k != "datacontenttype"
+        }
+        headers["content-type"] = _header_value(
+            "datacontenttype",
+            attributes.get("datacontenttype") or content_type or "application/json",
         )
         return Outgoing(headers, body, attributes["id"], attributes["type"])
     # A plain message: what operators publish. Its body must be the JSON object convert takes.
-    try:
-        data = json.loads(body)
-    except ValueError as exc:
-        raise InvalidMessage(f"body is not JSON ({exc}) and there are no ce-* headers") from exc
+    data = _json_body(body, "body (a message without ce-* headers)")
     if not isinstance(data, dict):
         raise InvalidMessage("body is not a JSON object and there are no ce-* headers")
     event_id = str(uuid.uuid4())
@@ -197,6 +239,9 @@ class Bridge:
                 response = self._client.post(
                     self.broker_url, headers=outgoing.headers, content=outgoing.body
                 )
+            except httpx.LocalProtocolError as exc:
+                # The request this message makes cannot be sent: the message's fault.
+                raise InvalidMessage(f"cannot be sent as an HTTP request: {exc}") from exc
             except httpx.HTTPError as exc:
                 status = None
                 log.warning(
@@ -232,19 +277,20 @@ class Bridge:
         }
         try:
             outgoing = to_event(properties, body, source=self.source)
-        except InvalidMessage as exc:
+            status = self._post(outgoing)
+        except Exception as exc:  # noqa: BLE001  # a message of its own making never stops the bridge
+            reason = str(exc) if isinstance(exc, InvalidMessage) else f"{type(exc).__name__}: {exc}"
             log.error(
-                f"message rejected to {self.dead_letter_exchange}: {exc}",
+                f"message rejected to {self.dead_letter_exchange}",
                 extra={
                     **context,
-                    "reason": str(exc),
-                    "body_head": body[:200].decode(errors="replace"),
+                    "reason": quoted(reason, 300),
+                    "body_head": quoted(body[:200].decode(errors="replace"), 200),
                 },
             )
             channel.basic_nack(method.delivery_tag, requeue=False)
             self.counts["rejected"] += 1
             return
-        status = self._post(outgoing)
         if status is not None and 200 <= status < 300:
             channel.basic_ack(method.delivery_tag)
             self.counts["forwarded"] += 1

@@ -38,7 +38,8 @@ from cloudevents.conversion import to_binary
 from cloudevents.http import CloudEvent
 
 from geozarr_pipeline.cloudevent_http import event_from_json, parse_event, utc_now
-from geozarr_pipeline.errors import InvalidEvent
+from geozarr_pipeline.errors import InvalidEvent, status_code_for
+from geozarr_pipeline.events import MAX_EVENT_BYTES
 from geozarr_pipeline.jsonhttp import JsonRequestHandler
 from geozarr_pipeline.local.dispatch import NO_STATUS, Decision, Outcome, decide
 from geozarr_pipeline.local.journal import BrokerState, matches_query
@@ -54,7 +55,6 @@ from geozarr_pipeline.logs import configure_logging
 log = logging.getLogger(__name__)
 
 DESCRIPTION = "A local stand-in for the Knative RabbitMQ broker, routed by the Trigger manifests."
-MAX_INGRESS_BYTES = 16 * 1024 * 1024
 MAX_LONG_POLL_SECONDS = 300.0
 DEAD_LETTER_QUEUE_SUFFIX = ".dlq"
 
@@ -518,13 +518,13 @@ def _handler_for(broker: LocalBroker) -> type[BaseHTTPRequestHandler]:
             if urlsplit(self.path).path != "/":
                 self._send_error(404, "not_found", "POST CloudEvents to /")
                 return
-            body = self._read_body_or_refuse(MAX_INGRESS_BYTES)
+            body = self._read_body_or_refuse(MAX_EVENT_BYTES)
             if body is None:
                 return
             try:
                 event = parse_event(dict(self.headers.items()), body)
             except InvalidEvent as exc:
-                self._send_error(400, "invalid_event", exc.message)
+                self._send_error(status_code_for(exc), exc.code, exc.message)
                 return
             entry = broker.publish(event)
             if entry is None:

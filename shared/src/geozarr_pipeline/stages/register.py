@@ -16,8 +16,9 @@ import httpx
 
 from geozarr_pipeline.catalog import Catalog, opened_catalog
 from geozarr_pipeline.config import Settings
-from geozarr_pipeline.errors import OutputCheckFailed
-from geozarr_pipeline.events import ConvertDone, RegisterDone
+from geozarr_pipeline.convert import storage
+from geozarr_pipeline.errors import InvalidInput, OutputCheckFailed
+from geozarr_pipeline.events import ConvertDone, RegisterDone, quoted_value
 from geozarr_pipeline.provenance import (
     MARKER_FORMAT,
     MARKER_SUFFIX,
@@ -29,7 +30,7 @@ from geozarr_pipeline.stac.item import build_item, merge_extensions
 from geozarr_pipeline.stac.source import derived_from_link, fetch_source_item, item_from_product
 from geozarr_pipeline.stac.store import node_exists, open_reader, read_store
 from geozarr_pipeline.stac.validate import validate_item
-from geozarr_pipeline.urlpolicy import check_url
+from geozarr_pipeline.urlpolicy import check_url, policy_client
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +47,50 @@ def conversion_marker(
     return marker if marker and marker.get("format") == MARKER_FORMAT else None
 
 
+def converted_store(event: ConvertDone, settings: Settings) -> ConvertDone:
+    """The conversion behind `event`, as its completion marker records it.
+
+    Register takes only the store that convert writes for the event's item and collection
+    under output_root, completed (marker present, store there), and only the event that
+    conversion replied with: an event naming another store, a leftover, a folder without
+    data, or a source other than the one converted is refused before anything is read.
+    """
+    with storage.output_for(settings, event.collection, event.item_id) as location:
+        expected = store_href(location.url)
+        if store_href(event.output_url) != expected:
+            raise InvalidInput(
+                f"output_url {quoted_value(event.output_url, 200)} is not the store convert "
+                f"writes for {event.collection}/{event.item_id} ({expected})",
+                field="output_url",
+            )
+        marker = storage.completed_marker(location)
+    if marker is None:
+        raise InvalidInput(
+            f"no completed conversion of {event.collection}/{event.item_id} at {expected} "
+            "(no completion marker or no store)",
+            field="output_url",
+        )
+    recorded = ConvertDone.model_validate(marker["done"])
+    claimed = event.model_copy(update={"output_url": recorded.output_url})
+    if claimed != recorded:
+        differing = sorted(
+            name
+            for name in ConvertDone.model_fields
+            if getattr(claimed, name) != getattr(recorded, name)
+        )
+        raise InvalidInput(
+            f"the event does not match the conversion recorded at {expected}: "
+            f"{', '.join(differing)} differ",
+            field=differing[0],
+        )
+    return recorded
+
+
 def build_registered_item(
     event: ConvertDone, settings: Settings, client: httpx.Client, collection_url: str
 ) -> dict[str, Any]:
     """The validated item for a converted store; every asset points at an existing node."""
+    event = converted_store(event, settings)
     if event.source_item_url:
         check_url(event.source_item_url, settings, what="source item URL")
         source_item = fetch_source_item(event.source_item_url, client)
@@ -91,7 +132,7 @@ def run(
     started = time.monotonic()
     with contextlib.ExitStack() as stack:
         http = client or stack.enter_context(
-            httpx.Client(timeout=settings.http_timeout_seconds, follow_redirects=True)
+            policy_client(settings, user_agent="geozarr-pipeline-register")
         )
         catalog = stack.enter_context(opened_catalog(settings, catalog))
         item = build_registered_item(
