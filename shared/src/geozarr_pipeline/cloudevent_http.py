@@ -52,7 +52,9 @@ from geozarr_pipeline.events import (
     Problem,
     Stage,
     StageFailed,
+    is_safe_id,
     json_depth,
+    quoted_value,
     reply_id,
     validation_problems,
 )
@@ -67,6 +69,8 @@ StageRunner = Callable[[EventData], EventData]
 # Opened on the first event that names an item (a broken status root only costs a warning).
 JournalFactory = Callable[[], AttemptJournal]
 REQUIRED_ATTRIBUTES = ("specversion", "id", "source", "type")
+# Set on a request whose body was refused unread: its answer closes the connection.
+CLOSE_CONNECTION = "geozarr.close_connection"
 # Attributes that name things (and end up in logs and records): bounded like URLs.
 CORE_ATTRIBUTES = (*REQUIRED_ATTRIBUTES, "subject", "datacontenttype", "dataschema")
 
@@ -294,20 +298,45 @@ def _item_of(data: EventData | None, event: CloudEvent) -> tuple[str | None, str
 
 
 def read_body(request: flask.Request) -> bytes:
-    """The request body, at most MAX_EVENT_BYTES (as the broker ingress takes), read once.
+    """The request body, at most MAX_EVENT_BYTES (what the broker ingress takes).
 
-    Refused as an event that can never be delivered, not a fault of ours to retry: a body over
-    the limit (413, before it is read whole) and one whose framing is broken (400).
+    Refused as a request that can never be delivered, not a fault of ours to retry: a body
+    declared or found over the limit (413, never read whole) and one whose framing is broken
+    (400). Either way the rest of the body is left unread and the connection closed after
+    the answer: functions-framework drains every request after its handler
+    (functions_framework 3.10.2 `__init__.py` `read_request`, through werkzeug 3.1.9
+    `Request.get_data`, which returns `_cached_data` when set), so the refused body is
+    marked read instead of being drained into memory.
     """
-    from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
-
-    request.max_content_length = MAX_EVENT_BYTES
+    declared = request.content_length
     try:
-        return request.get_data(cache=True)
-    except RequestEntityTooLarge as exc:
-        raise EventTooLarge(f"events are limited to {MAX_EVENT_BYTES} bytes") from exc
-    except (HTTPException, OSError, ValueError) as exc:
+        if declared is not None and declared > MAX_EVENT_BYTES:
+            raise EventTooLarge(f"events are limited to {MAX_EVENT_BYTES} bytes ({declared} sent)")
+        chunks: list[bytes] = []
+        total = 0
+        while total <= MAX_EVENT_BYTES:
+            chunk = request.stream.read(MAX_EVENT_BYTES + 1 - total)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+        if total > MAX_EVENT_BYTES:
+            raise EventTooLarge(f"events are limited to {MAX_EVENT_BYTES} bytes")
+    except EventTooLarge:
+        _refused_body(request)
+        raise
+    except Exception as exc:  # the server's framing errors (gunicorn's
+        # ParseException, werkzeug's ClientDisconnected, ...) have no common base
+        _refused_body(request)
         raise InvalidEvent(f"the request body cannot be read: {type(exc).__name__}") from exc
+    body = b"".join(chunks)
+    request._cached_data = body  # see above
+    return body
+
+
+def _refused_body(request: flask.Request) -> None:
+    request._cached_data = b""  # never drained: see read_body
+    request.environ[CLOSE_CONNECTION] = True
 
 
 class Delivery:
@@ -322,7 +351,10 @@ class Delivery:
         self.attempt: StageAttempt | None = None
 
     def identify(self, event: CloudEvent, data: EventData | None) -> None:
-        item_id, collection = _item_of(data, event)
+        item_id, collection = (
+            value if value is None or is_safe_id(value) else quoted_value(value)
+            for value in _item_of(data, event)
+        )
         self.fields.update(
             event_id=event["id"],
             event_type=event["type"],
@@ -361,7 +393,10 @@ class Delivery:
 
     def _record_start(self) -> None:
         item_id, collection = self.fields.get("item_id"), self.fields.get("collection")
-        if item_id and collection and self._open_journal() is not None:
+        # An id that is not safe names no item: nothing of an invalid event is recorded.
+        if not (is_safe_id(item_id) and is_safe_id(collection)):
+            return
+        if self._open_journal() is not None:
             assert self.journal is not None
             self.attempt = self.journal.start(
                 self.stage,
@@ -400,7 +435,10 @@ def handle_request(
         event = parse_event(dict(request.headers), read_body(request))
     except InvalidEvent as exc:
         delivery.transition("refused", logging.WARNING, problem=exc.code, error=quoted(exc.message))
-        return error_response(exc)
+        response = error_response(exc)
+        if request.environ.get(CLOSE_CONNECTION):
+            response.headers["Connection"] = "close"
+        return response
     data: EventData | None = None
     try:
         data = decode_input(stage, event)

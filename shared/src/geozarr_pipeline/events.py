@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import uuid
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeGuard
 from urllib.parse import urlparse
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -82,6 +82,17 @@ def check_safe_id(value: str) -> str:
             "no slashes, no '..', not empty)"
         )
     return value
+
+
+def is_safe_id(value: object) -> TypeGuard[str]:
+    """Whether `value` is an id that `check_safe_id` accepts."""
+    if not isinstance(value, str):
+        return False
+    try:
+        check_safe_id(value)
+    except ValueError:
+        return False
+    return True
 
 
 def quoted_value(value: str, limit: int = 80) -> str:
