@@ -88,3 +88,84 @@ def test_legacy_and_cloudevent_messages_run_the_chain(
     ]
     assert len(rejected) == 1
     assert "not JSON" in rejected[0]["msg"]
+
+
+def _ce_headers(**changes: object) -> dict[str, object]:
+    return {
+        "ce-specversion": "1.0",
+        "ce-id": f"poison-{uuid.uuid4().hex[:8]}",
+        "ce-source": "urn:test:poison",
+        "ce-type": EventType.CONVERT_REQUESTED.value,
+        **changes,
+    }
+
+
+POISON: list[tuple[str, bytes, dict[str, object] | None, str]] = [
+    ("deep-plain", b"[" * 100_000 + b"]" * 100_000, None, "application/json"),
+    ("deep-object", b'{"a":' * 50 + b"1" + b"}" * 50, None, "application/json"),
+    (
+        "deep-structured",
+        b'{"specversion":"1.0","id":"d","source":"s","type":"t","data":'
+        + b"[" * 100_000
+        + b"]" * 100_000
+        + b"}",
+        None,
+        "application/cloudevents+json",
+    ),
+    (
+        "non-ascii-header",
+        b"{}",
+        _ce_headers(**{"ce-subject": "S2A_\u00e9t\u00e9"}),
+        "application/json",
+    ),
+    ("crlf-header", b"{}", _ce_headers(**{"ce-subject": "a\r\nX-Injected: 1"}), "application/json"),
+    ("bad-header-name", b"{}", _ce_headers(**{"ce-bad name": "x"}), "application/json"),
+    ("over-size", b'{"pad": "' + b"x" * 300_000 + b'"}', None, "application/json"),
+]
+
+
+def test_poison_messages_are_rejected_and_the_messages_behind_them_run_the_chain(
+    rabbitmq: RabbitMQ, local_stack: LocalStack, bridge: ManagedProcess
+) -> None:
+    """Each poison message is rejected with one log line; the bridge never exits, nothing
+    is requeued, and valid messages published after them all reach augment.done."""
+    suffix = uuid.uuid4().hex[:8].upper()
+    connection = pika.BlockingConnection(pika.URLParameters(rabbitmq.amqp_url))
+    try:
+        channel = connection.channel()
+        for _name, body, headers, content_type in POISON:
+            channel.basic_publish(
+                "geozarr",
+                "eopf.items.convert",
+                body,
+                properties=pika.BasicProperties(content_type=content_type, headers=headers),
+            )
+    finally:
+        connection.close()
+    samples = [add_sample(local_stack, f"S2A_MSIL2A_AFTERPOISON{n}_{suffix}") for n in range(2)]
+    submissions = [
+        make_submission(
+            {
+                "source_url": item_url(local_stack.sample_url, s.collection, s.item_id),
+                "item_id": s.item_id,
+                "collection": s.collection,
+            }
+        )
+        for s in samples
+    ]
+    submit_amqp(submissions[:1], rabbitmq.amqp_url, fmt="legacy")
+    submit_amqp(submissions[1:], rabbitmq.amqp_url, fmt="cloudevent")
+    for sample in samples:
+        done = local_stack.wait_for(EventType.AUGMENT_DONE.value, sample.item_id, timeout=240)
+        assert done["item_id"] == sample.item_id
+
+    assert bridge.process is not None
+    assert bridge.process.poll() is None, bridge.log_tail()
+    lines = [json.loads(line) for line in bridge.log_tail(400).splitlines() if line.startswith("{")]
+    rejected = [line for line in lines if "message rejected" in line["msg"]]
+    assert len(rejected) == len(POISON), [r["msg"] for r in rejected]
+    reasons = " | ".join(r["msg"] for r in rejected)
+    for fragment in ("nests deeper", "cannot carry", "letters and digits", "limited to"):
+        assert fragment in reasons, reasons
+    assert not any("broker unreachable" in line["msg"] for line in lines)
+    assert all(len(json.dumps(line)) < 2048 for line in rejected)

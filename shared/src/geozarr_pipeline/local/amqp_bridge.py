@@ -281,10 +281,9 @@ class Bridge:
         except Exception as exc:  # noqa: BLE001  # a message of its own making never stops the bridge
             reason = str(exc) if isinstance(exc, InvalidMessage) else f"{type(exc).__name__}: {exc}"
             log.error(
-                f"message rejected to {self.dead_letter_exchange}",
+                f"message rejected to {self.dead_letter_exchange}: {quoted(reason, 300)}",
                 extra={
                     **context,
-                    "reason": quoted(reason, 300),
                     "body_head": quoted(body[:200].decode(errors="replace"), 200),
                 },
             )
