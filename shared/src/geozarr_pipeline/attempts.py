@@ -27,7 +27,7 @@ from geozarr_pipeline.config import Settings, get_settings
 from geozarr_pipeline.errors import PipelineError
 from geozarr_pipeline.events import Problem, Stage, check_safe_id
 from geozarr_pipeline.objects import ObjectStore, open_object_store
-from geozarr_pipeline.redaction import redact
+from geozarr_pipeline.redaction import quoted, redact
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ class AttemptJournal:
         except (PipelineError, ValueError) as exc:
             log.warning(
                 "stage attempt not recorded",
-                extra={"stage": stage.value, "item_id": item_id, "error": str(exc)},
+                extra={"stage": stage.value, "item_id": item_id, "error": quoted(str(exc))},
             )
             return None
         return attempt
@@ -146,7 +146,11 @@ class AttemptJournal:
         except PipelineError as exc:
             log.warning(
                 "stage attempt outcome not recorded",
-                extra={"stage": attempt.stage.value, "item_id": attempt.item_id, "error": str(exc)},
+                extra={
+                    "stage": attempt.stage.value,
+                    "item_id": attempt.item_id,
+                    "error": quoted(str(exc)),
+                },
             )
 
     def attempts(self, collection: str, item_id: str) -> list[StageAttempt]:

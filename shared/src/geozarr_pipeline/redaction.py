@@ -62,12 +62,14 @@ def _forms(value: str) -> set[str]:
     }
 
 
-def register_secrets(values: Iterable[str | None]) -> None:
-    """Add values to redact from now on (idempotent)."""
+def register_secrets(values: Iterable[str | None], *, replacing: str | None = None) -> None:
+    """Add values to redact from now on (idempotent); `replacing` is a value they succeed
+    (a refreshed token), forgotten so that a long-running process does not pile them up."""
     global _secrets
     found = {form for value in values if value for form in _forms(value)}
+    gone = set(_forms(replacing)) - found if replacing else set()
     with _lock:
-        merged = set(_secrets) | {s for s in found if len(s) >= MIN_SECRET_CHARS}
+        merged = (set(_secrets) - gone) | {s for s in found if len(s) >= MIN_SECRET_CHARS}
         # Longest first, so a secret inside a longer secret is not half-replaced.
         _secrets = tuple(sorted(merged, key=len, reverse=True))
 

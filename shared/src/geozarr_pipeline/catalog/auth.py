@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import httpx
 
 from geozarr_pipeline.errors import TransientError, UpstreamRejected
+from geozarr_pipeline.redaction import register_secrets
 
 Clock = Callable[[], float]
 
@@ -93,5 +94,8 @@ class OidcClientCredentials:
         if not isinstance(token, str) or not token:
             raise UpstreamRejected("token endpoint answered without an access_token")
         lifetime = float(body.get("expires_in") or 300)
+        # A fetched token is a secret like the configured ones: an API that echoes it back
+        # in an error body must not get it into a reply, a log line or a failure record.
+        register_secrets([token], replacing=self._token)
         self._token = token
         self._refresh_at = self.clock() + min(lifetime * 0.8, max(lifetime - 30, 0))

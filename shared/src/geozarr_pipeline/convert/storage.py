@@ -50,6 +50,7 @@ from geozarr_pipeline.errors import InProgress, InvalidInput, TransientError
 from geozarr_pipeline.events import ConvertDone, check_safe_id
 from geozarr_pipeline.provenance import MARKER_FORMAT as MARKER_FORMAT  # re-exported
 from geozarr_pipeline.provenance import MARKER_SUFFIX
+from geozarr_pipeline.redaction import quoted
 from geozarr_pipeline.s3 import NOT_FOUND_CODES, S3Client, error_code, s3_client
 
 UPLOAD_THREADS = 16
@@ -396,11 +397,11 @@ class S3Output(OutputLocation):
             code = error_code(exc)
             if code in NOT_FOUND_CODES:
                 return None
-            if code in ("SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout"):
-                raise TransientError(f"S3 {what} failed: {exc}") from exc
-            raise
+            # Our own storage refusing us (credentials, bucket, policy) is no fault of the
+            # event: retried, so that the work resumes once the deployment is fixed.
+            raise TransientError(f"S3 {what} failed ({code}): {quoted(str(exc))}") from exc
         except BotoCoreError as exc:
-            raise TransientError(f"S3 {what} failed: {exc}") from exc
+            raise TransientError(f"S3 {what} failed: {quoted(str(exc))}") from exc
 
     def read_marker(self) -> dict[str, Any] | None:
         reply = self._call(
