@@ -369,3 +369,18 @@ def files_under(root: Path, *, skip: Callable[[Path], bool] = lambda p: False) -
         for path in root.rglob("*")
         if path.is_file() and not skip(path.relative_to(root))
     }
+
+
+def raw_exchange(port: int, head: str, body: bytes = b"") -> tuple[int, dict[str, object]]:
+    """Send bytes as they are; the status and JSON body of the answer (never a dropped
+    connection: a reset or an empty read fails the test)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as connection:
+        connection.sendall(head.encode() + body)
+        connection.shutdown(socket.SHUT_WR)
+        received = b""
+        while chunk := connection.recv(65536):
+            received += chunk
+    assert received, "the connection was dropped without an answer"
+    status_line, _, rest = received.partition(b"\r\n")
+    _headers, _, payload = rest.partition(b"\r\n\r\n")
+    return int(status_line.split()[1]), json.loads(payload or b"{}")

@@ -3,8 +3,6 @@ under functions-framework), answers an over-size or badly framed body, never dro
 
 from __future__ import annotations
 
-import json
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +11,7 @@ import pytest
 from geozarr_pipeline.events import MAX_EVENT_BYTES
 from geozarr_pipeline.local.processes import LOOPBACK, ManagedProcess, free_port, http_ready
 from geozarr_pipeline.local.stack import function_command
-from tests.functions.hostile import deep_json, local_env
+from tests.functions.hostile import deep_json, local_env, raw_exchange
 
 MODULES = ("geozarr_convert.main", "geozarr_register.main", "geozarr_augment.main")
 ATTRIBUTES = (
@@ -40,21 +38,6 @@ def function_port(
         yield port
     finally:
         process.stop()
-
-
-def raw_exchange(port: int, head: str, body: bytes = b"") -> tuple[int, dict[str, object]]:
-    """Send bytes as they are; the status and JSON body of the answer (never a dropped
-    connection: a reset or an empty read fails the test)."""
-    with socket.create_connection((LOOPBACK, port), timeout=30) as connection:
-        connection.sendall(head.encode() + body)
-        connection.shutdown(socket.SHUT_WR)
-        received = b""
-        while chunk := connection.recv(65536):
-            received += chunk
-    assert received, "the connection was dropped without an answer"
-    status_line, _, rest = received.partition(b"\r\n")
-    _headers, _, payload = rest.partition(b"\r\n\r\n")
-    return int(status_line.split()[1]), json.loads(payload or b"{}")
 
 
 def _head(extra: str) -> str:

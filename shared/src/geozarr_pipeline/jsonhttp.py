@@ -66,7 +66,7 @@ class JsonRequestHandler(BaseHTTPRequestHandler):
             return None
         if body is None:
             self.close_connection = True
-            self._send_error(413, "too_large", f"events are limited to {limit} bytes")
+            self._send_error(413, "event_too_large", f"events are limited to {limit} bytes")
         return body
 
 
