@@ -222,9 +222,14 @@ def _data_field(event: CloudEvent, name: str) -> str | None:
 def build_failure(
     stage: Stage, incoming: CloudEvent, error: PermanentError, data: EventData | None = None
 ) -> CloudEvent:
-    """The `eopf.geozarr.failed` reply of a permanent failure of `incoming`."""
-    item_id = getattr(data, "item_id", None) or _data_field(incoming, "item_id")
-    collection = getattr(data, "collection", None) or _data_field(incoming, "collection")
+    """The `eopf.geozarr.failed` reply of a permanent failure of `incoming`.
+
+    It names the item only by ids that are safe: an invalid id names no item (the raw value
+    stays in the input event it carries).
+    """
+    item_id, collection = (
+        value if is_safe_id(value) else None for value in _item_of(data, incoming)
+    )
     subject = item_id or incoming.get("subject") or ""
     failure = StageFailed(
         stage=stage,

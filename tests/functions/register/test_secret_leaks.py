@@ -10,7 +10,6 @@ import base64
 import json
 import logging
 import os
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -28,6 +27,7 @@ from geozarr_pipeline.failures.store import open_failure_store
 from geozarr_pipeline.local.processes import LOOPBACK, free_port
 from geozarr_pipeline.local.stack import function_source
 from geozarr_pipeline.logs import JsonFormatter
+from tests.fixtures.loopback import serve, shut
 from tests.fixtures.sample import LOCAL_SOURCES_ENV
 from tests.fixtures.stac_api import ConvertedStore, place_converted
 from tests.functions.hostile import encoded
@@ -91,15 +91,11 @@ class Echo:
 
             do_GET = do_POST = do_PUT = do_HEAD = _answer  # noqa: N815
 
-        self.server = ThreadingHTTPServer((LOOPBACK, self.port), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server = serve(Handler, self.port)
         return self
 
     def stop(self) -> None:
-        if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()
+        shut(self.server)
 
 
 @pytest.fixture

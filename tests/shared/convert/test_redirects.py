@@ -8,7 +8,6 @@ only the policy stands between them. The forbidden server records every request 
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -24,6 +23,7 @@ from geozarr_pipeline.convert import engine, sources
 from geozarr_pipeline.errors import InvalidInput
 from geozarr_pipeline.local.processes import LOOPBACK, free_port
 from geozarr_pipeline.stages import register
+from tests.fixtures.loopback import serve, shut
 from tests.fixtures.sample import SampleServerInfo
 from tests.fixtures.stac_api import ConvertedStore, place_converted
 
@@ -62,15 +62,11 @@ class Hop:
                 self.end_headers()
                 self.wfile.write(answer.content)
 
-        self.server = ThreadingHTTPServer((LOOPBACK, self.port), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server = serve(Handler, self.port)
         return self
 
     def stop(self) -> None:
-        if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()
+        shut(self.server)
 
 
 @pytest.fixture

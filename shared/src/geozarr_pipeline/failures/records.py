@@ -29,6 +29,7 @@ from geozarr_pipeline.events import (
     InputReference,
     Problem,
     StageFailed,
+    is_safe_id,
     stage_for_input,
 )
 
@@ -152,8 +153,10 @@ def _record_from_dead_letter(event: CloudEvent, attributes: dict[str, str]) -> F
     except InvalidEvent:
         payload = None
     fields = payload if isinstance(payload, dict) else {}
-    item_id = fields.get("item_id") if isinstance(fields.get("item_id"), str) else None
-    collection = fields.get("collection") if isinstance(fields.get("collection"), str) else None
+    # Only safe ids name an item (a hostile one stays in the input event).
+    item_id = fields.get("item_id") if is_safe_id(fields.get("item_id")) else None
+    collection = fields.get("collection") if is_safe_id(fields.get("collection")) else None
+    subject = attributes.get("subject")
     return FailureRecord(
         record_id=record_id_for(
             "dead_letter",
@@ -164,7 +167,7 @@ def _record_from_dead_letter(event: CloudEvent, attributes: dict[str, str]) -> F
         recorded_at=utc_now(),
         kind="dead_letter",
         stage=stage.value if stage else None,
-        item_id=item_id or attributes.get("subject"),
+        item_id=item_id or (subject if is_safe_id(subject) else None),
         collection=collection,
         input=InputReference(
             id=attributes["id"],

@@ -20,7 +20,7 @@ from cloudevents.http import CloudEvent
 
 from geozarr_pipeline.cloudevent_http import event_from_json
 from geozarr_pipeline.errors import PipelineError
-from geozarr_pipeline.events import Stage
+from geozarr_pipeline.events import Stage, is_safe_id
 from geozarr_pipeline.failures.records import KNATIVE_ERROR_PREFIX, FailureRecord
 from geozarr_pipeline.failures.resolutions import ResolutionLog, Transport
 from geozarr_pipeline.operations.status import Sources, item_status
@@ -121,7 +121,7 @@ def replay_event(record: FailureRecord, number: int) -> CloudEvent:
 
 def stage_succeeded(sources: Sources, record: FailureRecord) -> bool:
     """Whether the record's stage is done for its item now."""
-    if record.stage is None or record.item_id is None or record.collection is None:
+    if record.stage is None or not (is_safe_id(record.item_id) and is_safe_id(record.collection)):
         return False
     status = item_status(sources, record.collection, record.item_id, with_size=False)
     return any(s.stage == record.stage and s.state == "done" for s in status.stages)

@@ -33,7 +33,7 @@ from geozarr_pipeline.catalog import Catalog, opened_catalog
 from geozarr_pipeline.config import Settings, read_settings
 from geozarr_pipeline.convert.storage import completed_marker, is_s3, iter_outputs, output_for
 from geozarr_pipeline.errors import SourceNotFound
-from geozarr_pipeline.events import Stage, check_safe_id
+from geozarr_pipeline.events import Stage, check_safe_id, is_safe_id
 from geozarr_pipeline.failures.records import FailureRecord
 from geozarr_pipeline.failures.resolutions import ResolutionLog, open_resolution_log
 from geozarr_pipeline.failures.store import open_failure_store
@@ -300,7 +300,9 @@ def known_items(sources: Sources, collection: str | None) -> list[tuple[str, str
     found |= {
         (r.collection, r.item_id)
         for r in sources.failures
-        if r.collection and r.item_id and (collection is None or r.collection == collection)
+        if is_safe_id(r.collection)
+        and is_safe_id(r.item_id)
+        and (collection is None or r.collection == collection)
     }
     found |= {(o.collection, o.item_id) for o in iter_outputs(sources.settings, collection)}
     return sorted(found)
@@ -308,7 +310,9 @@ def known_items(sources: Sources, collection: str | None) -> list[tuple[str, str
 
 def collections_of(sources: Sources, item_id: str) -> list[str]:
     """The collections that know the item, probed one by one (no walk of every store)."""
-    found = {r.collection for r in sources.failures if r.item_id == item_id and r.collection}
+    found = {
+        r.collection for r in sources.failures if r.item_id == item_id and is_safe_id(r.collection)
+    }
     found |= set(sources.journal.collections_of(item_id))
     with open_object_store(sources.settings, sources.settings.output_root) as outputs:
         names = [n for n in outputs.children() if n[:1].isalnum()]
