@@ -155,6 +155,22 @@ def envelope_cases(stage: Stage, output_root: Path) -> Iterator[Case]:
         big = {**base, "padding": "x" * (MAX_EVENT_BYTES + 1024)}
         headers, body = encoded(stage, big, mode, f"big-{mode}")
         yield Case(f"over-size-{mode}", stage, headers, body, 413, "event_too_large", "limited")
+        if mode == "binary":
+            # The SDK decodes JSON whatever the content type says: no label, or a wrong one.
+            for label in ("", "text/plain"):
+                headers, _ = encoded(stage, base, mode, f"deep-unlabelled-{label}")
+                headers = {k: v for k, v in headers.items() if k.lower() != "content-type"}
+                if label:
+                    headers["content-type"] = label
+                yield Case(
+                    f"json-deep-labelled-{label or 'nothing'}",
+                    stage,
+                    headers,
+                    deep_json(MAX_JSON_DEPTH + 8),
+                    400,
+                    "invalid_event",
+                    "nested",
+                )
         long_id = "i" * (MAX_URL_CHARS + 1)
         headers, body = encoded(stage, base, mode, long_id)
         yield Case(f"long-event-id-{mode}", stage, headers, body, 400, "invalid_event", "id is")
@@ -286,7 +302,13 @@ def data_cases(stage: Stage, output_root: Path) -> Iterator[Case]:
                 "at most",
                 (),
             ),
+            ("output-nul", {"output_url": str(store) + "\x00x"}, "output_url", "control", ()),
+            ("output-crlf", {"output_url": str(store) + "\r\n"}, "output_url", "control", ()),
         ]
+    # Data that is a JSON string holding a document nested 100,000 levels deep: the envelope
+    # is shallow, the data is not.
+    headers, body = encoded(stage, deep_json(100_000).decode(), "structured", "deep-string")
+    yield Case("json-deep-inside-a-string", stage, headers, body, 200, "invalid_event", "nested")
     for name, change, field_name, names, only in spoiled:
         data = {**base, **change}
         for mode in ("binary", "structured"):

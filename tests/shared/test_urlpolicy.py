@@ -66,3 +66,13 @@ def test_the_embedded_address_is_named() -> None:
 def test_control_characters_and_spaces_are_refused(url: str) -> None:
     with pytest.raises(InvalidInput, match="control characters"):
         check_url(url, NO_PRIVATE)
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["[64:ff9b:1:a9fe:a9:fe00:808:808]", "[::ffff:0:a9fe:a9fe]", "[::ffff:0:7f00:1]"],
+    ids=["local-use-nat64", "ipv4-translated-link-local", "ipv4-translated-loopback"],
+)
+def test_translation_prefixes_are_refused_whole(host: str) -> None:
+    with pytest.raises(InvalidInput, match="non-public address"):
+        check_url(f"https://{host}/x", NO_PRIVATE)

@@ -104,6 +104,9 @@ def parse_event(headers: Mapping[str, str], body: bytes) -> CloudEvent:
         raise InvalidEvent(f"not a valid CloudEvent: {quoted(str(exc), 200)}") from exc
     except RecursionError as exc:  # defence in depth: the depth check above comes first
         raise InvalidEvent(f"JSON nested too deeply (at most {MAX_JSON_DEPTH} levels)") from exc
+    # The SDK decodes JSON whatever the content type says: bound what it decoded.
+    if json_depth(event.data) > MAX_JSON_DEPTH:
+        raise InvalidEvent(f"event data: JSON nested deeper than {MAX_JSON_DEPTH} levels")
     for name in CORE_ATTRIBUTES:
         value = event.get(name)
         if value is not None and len(str(value)) > MAX_URL_CHARS:
@@ -166,8 +169,14 @@ def event_payload(event: CloudEvent) -> Any:
     if isinstance(data, str):
         try:
             data = json.loads(data)
+        except RecursionError as exc:
+            raise InvalidEvent(
+                f"event data: JSON nested deeper than {MAX_JSON_DEPTH} levels"
+            ) from exc
         except ValueError as exc:
             raise InvalidEvent(f"event data is not valid JSON: {exc}") from exc
+        if json_depth(data) > MAX_JSON_DEPTH:
+            raise InvalidEvent(f"event data: JSON nested deeper than {MAX_JSON_DEPTH} levels")
     if data is None:
         raise InvalidEvent("event has no data")
     return data
@@ -261,7 +270,9 @@ def recorded_input(event: CloudEvent) -> dict[str, Any]:
     that large, so nothing replayable is cut)."""
     whole = event_as_json(event)
     size = len(json.dumps(whole))
-    if size <= MAX_DATA_BYTES + 8 * 1024:
+    # The reply nests the input three levels deeper (envelope, data, input_event): keep it
+    # within what the broker and the recorder accept.
+    if size <= MAX_DATA_BYTES + 8 * 1024 and json_depth(whole) <= MAX_JSON_DEPTH - 3:
         return whole
     attributes = {k: quoted(v, 1024) for k, v in whole["attributes"].items()}
     excerpt = json.dumps(whole.get("data", whole.get("data_base64")))
@@ -307,8 +318,9 @@ def read_body(request: flask.Request) -> bytes:
 
     Refused as a request that can never be delivered, not a fault of ours to retry: a body
     declared or found over the limit (413, never read whole) and one whose framing is broken
-    (400). Either way the rest of the body is left unread and the connection closed after
-    the answer: functions-framework drains every request after its handler
+    (400). Either way the rest of the body is left unread and the answer asks to close the
+    connection (gunicorn's own drain of an unread body is bounded): functions-framework
+    drains every request after its handler
     (functions_framework 3.10.2 `__init__.py` `read_request`, through werkzeug 3.1.9
     `Request.get_data`, which returns `_cached_data` when set), so the refused body is
     marked read instead of being drained into memory.

@@ -96,9 +96,19 @@ def is_safe_id(value: object) -> TypeGuard[str]:
 
 
 def quoted_value(value: str, limit: int = 80) -> str:
-    """`repr(value)`, cut to `limit` characters: an answer never echoes a whole input."""
-    text = repr(value)
+    """`repr(value)`, redacted, then cut to `limit` characters: an answer never echoes a
+    whole input (redacted first, so that a cut cannot split a credential out of reach)."""
+    from geozarr_pipeline.redaction import redact
+
+    text = redact(repr(value))
     return text if len(text) <= limit else f"{text[:limit]}... ({len(value)} characters)"
+
+
+def check_url_text(value: str) -> str:
+    """A URL of the event data: no spaces or control characters (no NUL, no CR/LF)."""
+    if any(ord(c) <= 32 or ord(c) == 127 for c in value):
+        raise ValueError("spaces and control characters are not allowed in URLs")
+    return value
 
 
 def json_depth(value: Any) -> int:
@@ -121,7 +131,7 @@ def json_depth(value: Any) -> int:
 
 
 SafeId = Annotated[str, AfterValidator(check_safe_id)]
-Url = Annotated[str, Field(min_length=1, max_length=MAX_URL_CHARS)]
+Url = Annotated[str, Field(min_length=1, max_length=MAX_URL_CHARS), AfterValidator(check_url_text)]
 
 
 def item_id_from_url(url: str) -> str:

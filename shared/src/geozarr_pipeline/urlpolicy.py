@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
 
 ALWAYS_ALLOWED_SCHEMES = frozenset({"https", "s3"})
 MAX_REDIRECTS = 5
+# How long the chunk reads trust a host that passed the check before checking it again.
+PASSED_HOST_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -108,21 +111,25 @@ ClientMiddleware = Callable[["ClientRequest", "ClientHandlerType"], Awaitable["C
 
 def policy_middleware(settings: Settings | UrlPolicy) -> ClientMiddleware:
     """An aiohttp client middleware (fsspec's HTTP filesystem) checking every request, each
-    redirect hop included, before it connects. A host that passed once is not resolved again
-    for every chunk read. One per policy, so fsspec's filesystem cache still applies."""
+    redirect hop included, before it connects. A host that passed is not resolved again for
+    every chunk read, only after PASSED_HOST_SECONDS; one middleware per policy, so fsspec's
+    filesystem cache still applies. The name is checked before aiohttp resolves it again, so
+    a name that rebinds between the two is not caught (a resolver checking the addresses it
+    connects to would be)."""
     return _middleware_for(UrlPolicy.of(settings))
 
 
 @functools.lru_cache(maxsize=8)
 def _middleware_for(settings: UrlPolicy) -> ClientMiddleware:
-    passed: set[tuple[str, str, int | None]] = set()
+    passed: dict[tuple[str, str, int | None], float] = {}
 
     async def check_request(request: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
         url = request.url
         origin = (url.scheme, url.host or "", url.port)
-        if origin not in passed:
+        now = time.monotonic()
+        if passed.get(origin, 0.0) < now:
             check_url(str(url), settings, what="product URL")
-            passed.add(origin)
+            passed[origin] = now + PASSED_HOST_SECONDS
         return await handler(request)
 
     return check_request
@@ -166,13 +173,15 @@ def _check_public_host(host: str, port: int | None, url: str, what: str) -> None
             )
 
 
-# IPv6 prefixes that carry an IPv4 address in their last 32 bits (RFC 6052 NAT64, the
-# well-known and the local-use prefix).
-_NAT64_PREFIXES = (
-    ipaddress.IPv6Network("64:ff9b::/96"),
-    ipaddress.IPv6Network("64:ff9b:1::/48"),
-)
+# The IPv6 prefix that carries an IPv4 address in its last 32 bits (RFC 6052 well-known NAT64).
+_NAT64_PREFIXES = (ipaddress.IPv6Network("64:ff9b::/96"),)
 _IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
+# Prefixes refused whole, whatever the Python release's tables say: local-use NAT64 (RFC 8215,
+# its IPv4 position depends on the operator's prefix length) and IPv4-translated (RFC 2765).
+_REFUSED_PREFIXES = (
+    ipaddress.IPv6Network("64:ff9b:1::/48"),
+    ipaddress.IPv6Network("::ffff:0:0:0/96"),
+)
 
 
 def embedded_ipv4(address: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
@@ -197,6 +206,8 @@ def non_public_reason(address: ipaddress.IPv4Address | ipaddress.IPv6Address) ->
     """Why an address is not a public unicast host, or None if it is one."""
     candidates: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = [address]
     if isinstance(address, ipaddress.IPv6Address):
+        if any(address in prefix for prefix in _REFUSED_PREFIXES):
+            return "a translation prefix that is not routed publicly"
         candidates.extend(embedded_ipv4(address))
     for candidate in candidates:
         if candidate.is_multicast:

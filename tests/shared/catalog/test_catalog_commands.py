@@ -30,12 +30,6 @@ def test_register_store_then_show_item(
             converted_l2a.item_id,
             "--collection",
             converted_l2a.collection,
-            "--output-url",
-            str(converted_l2a.path),
-            "--zarr-url",
-            converted_l2a.zarr_url,
-            "--source-item-url",
-            converted_l2a.source_item_url,
         ]
     )
     assert code == 0

@@ -121,6 +121,7 @@ POISON: list[tuple[str, bytes, dict[str, object] | None, str]] = [
     ("crlf-header", b"{}", _ce_headers(**{"ce-subject": "a\r\nX-Injected: 1"}), "application/json"),
     ("bad-header-name", b"{}", _ce_headers(**{"ce-bad name": "x"}), "application/json"),
     ("over-size", b'{"pad": "' + b"x" * 300_000 + b'"}', None, "application/json"),
+    ("deep-with-ce-headers", b"[" * 100_000 + b"]" * 100_000, _ce_headers(), "application/json"),
 ]
 
 

@@ -8,16 +8,20 @@ nothing written for it.
 
 from __future__ import annotations
 
+import itertools
 import time
 import uuid
 from typing import Any
 
 import httpx
+from cloudevents.conversion import to_binary, to_structured
 from cloudevents.http import CloudEvent
 
 from geozarr_pipeline.events import MAX_ID_CHARS, EventType, Stage
 from geozarr_pipeline.local.stack import LocalStack
 from tests.functions.hostile import INPUT_TYPES, deep_json, envelope_cases, raw_exchange
+
+MODES = ("binary", "structured")
 
 
 def _journal_size(stack: LocalStack) -> int:
@@ -104,26 +108,36 @@ def test_hostile_data_through_the_broker_ends_in_a_failure_record(
             "item_id",
         ),
     }
-    for stage, (data, field) in hostile.items():
-        event_id = f"hostile-{stage}-{tag}"
+    sent: list[str] = []
+    for (stage, (data, field)), mode in itertools.product(hostile.items(), MODES):
+        event_id = f"hostile-{stage}-{mode}-{tag}"
         event = CloudEvent(
             {
                 "type": INPUT_TYPES[stage].value,
                 "source": "urn:test:hostile",
                 "id": event_id,
                 "subject": f"hostile-{tag}",
+                "datacontenttype": "application/json",
             },
             data,
         )
-        local_stack.publish(event)
+        headers, body = to_binary(event) if mode == "binary" else to_structured(event)
+        answer = httpx.post(local_stack.broker_url + "/", headers=headers, content=body)
+        assert answer.status_code == 202, answer.text
         failure = _wait_failure(local_stack, event_id)
         assert failure["stage"] == stage.value
         assert failure["problem"]["code"] == "invalid_input"
         assert failure["problem"]["field"] == field
         assert failure["problem"]["retryable"] is False
-    records = [p.read_text() for p in local_stack.failures_root.glob("*.json")]
-    for stage in hostile:
-        assert sum(f"hostile-{stage}-{tag}" in r for r in records) == 1, stage
+        sent.append(event_id)
+    deadline = time.monotonic() + 60
+    while True:
+        records = [p.read_text() for p in local_stack.failures_root.glob("*.json")]
+        counts = {event_id: sum(f'"{event_id}"' in r for r in records) for event_id in sent}
+        if all(counts.values()) or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert set(counts.values()) == {1}, counts
     written = [p for p in (local_stack.root / "geozarr").rglob(f"*HOSTILE_{tag}*")]
     assert [p for p in written if "_status" not in p.parts] == []
     assert not any(len(p.name) > MAX_ID_CHARS + 40 for p in local_stack.root.rglob("*"))

@@ -56,6 +56,8 @@ class OidcClientCredentials:
     scope: str | None = None
     clock: Clock = time.monotonic
     _token: str | None = field(default=None, repr=False)
+    _previous: str | None = field(default=None, repr=False)
+    _retired: str | None = field(default=None, repr=False)
     _refresh_at: float = 0.0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -96,6 +98,10 @@ class OidcClientCredentials:
         lifetime = float(body.get("expires_in") or 300)
         # A fetched token is a secret like the configured ones: an API that echoes it back
         # in an error body must not get it into a reply, a log line or a failure record.
-        register_secrets([token], replacing=self._token)
+        # The one it replaces may still be valid (and in flight): only the one before that
+        # is forgotten, so that a long-running function does not pile tokens up.
+        register_secrets([token], replacing=self._retired)
+        self._retired = self._previous
+        self._previous = token
         self._token = token
         self._refresh_at = self.clock() + min(lifetime * 0.8, max(lifetime - 30, 0))

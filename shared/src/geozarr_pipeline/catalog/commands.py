@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ def _stac_api(args: argparse.Namespace) -> int:
 
 def _register(args: argparse.Namespace) -> int:
     from geozarr_pipeline.config import read_settings
+    from geozarr_pipeline.convert import storage
     from geozarr_pipeline.events import ConvertDone
     from geozarr_pipeline.stages import register
 
@@ -26,15 +28,16 @@ def _register(args: argparse.Namespace) -> int:
     if args.mode:
         overrides["register_mode"] = args.mode
     settings = read_settings().model_copy(update=overrides)
-    event = ConvertDone(
-        item_id=args.item_id,
-        collection=args.collection,
-        source_url=args.source_item_url or args.zarr_url,
-        source_item_url=args.source_item_url,
-        zarr_url=args.zarr_url,
-        output_url=args.output_url,
-    )
-    done = register.run(event, settings)
+    with storage.output_for(settings, args.collection, args.item_id) as location:
+        marker = storage.completed_marker(location)
+        if marker is None:
+            print(
+                f"register-store: no completed conversion of {args.collection}/{args.item_id} "
+                f"at {location.url}",
+                file=sys.stderr,
+            )
+            return 1
+    done = register.run(ConvertDone.model_validate(marker["done"]), settings)
     print(done.model_dump_json(indent=2))
     return 0
 
@@ -61,13 +64,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     reg = subparsers.add_parser(
         "register-store",
-        help="register a converted GeoZarr store into the configured catalog (GEOZARR_* env)",
+        help="register (again) the store convert wrote for an item into the configured "
+        "catalog, from its completion marker (GEOZARR_* env)",
     )
     reg.add_argument("--item-id", required=True)
     reg.add_argument("--collection", required=True)
-    reg.add_argument("--output-url", required=True, help="the converted store")
-    reg.add_argument("--zarr-url", required=True, help="the source product's Zarr URL")
-    reg.add_argument("--source-item-url", default=None)
     reg.add_argument("--mode", choices=["create-or-skip", "upsert", "replace"], default=None)
     reg.set_defaults(func=guarded("register-store", _register))
 

@@ -115,6 +115,18 @@ def _json_body(body: bytes, what: str) -> Any:
     return value
 
 
+def _bounded_if_json(body: bytes) -> None:
+    """Binary-mode data: not necessarily JSON, but if it is, bounded like the broker's."""
+    try:
+        value = json.loads(body)
+    except RecursionError as exc:
+        raise InvalidMessage(f"data nests deeper than {MAX_JSON_DEPTH} levels") from exc
+    except ValueError:
+        return
+    if json_depth(value) > MAX_JSON_DEPTH:
+        raise InvalidMessage(f"data nests deeper than {MAX_JSON_DEPTH} levels")
+
+
 def _header_value(name: str, value: str) -> str:
     """An attribute as an HTTP header value: printable ASCII only (no CR/LF, no controls)."""
     if not all(32 <= ord(c) < 127 for c in value):
@@ -126,7 +138,7 @@ def _header_value(name: str, value: str) -> str:
 
 
 def _attribute_name(name: str) -> str:
-    """CloudEvents attribute names are lower-case letters and digits (spec 1.0, at most 20)."""
+    """CloudEvents attribute names are lower-case letters and digits (spec 1.0)."""
     if not _ATTRIBUTE_NAME.fullmatch(name):
         raise InvalidMessage(
             f"header ce-{quoted(name, 60)}: attribute names are letters and digits only"
@@ -155,7 +167,10 @@ def to_event(properties: BasicProperties, body: bytes, *, source: str = DEFAULT_
         if missing:
             raise InvalidMessage(f"ce-* headers lack {', '.join(missing)}")
         if attributes["specversion"] != SPEC_VERSION:
-            raise InvalidMessage(f"unsupported ce-specversion {attributes['specversion']!r}")
+            raise InvalidMessage(
+                f"unsupported ce-specversion {quoted(attributes['specversion'], 40)}"
+            )
+        _bounded_if_json(body)
         headers = {
             f"ce-{_attribute_name(k)}": _header_value(k, v)
             for k, v in attributes.items()
@@ -257,7 +272,7 @@ class Bridge:
                         extra={
                             "event_id": outgoing.event_id,
                             "status": status,
-                            "answer": response.text[:300],
+                            "answer": quoted(response.text, 300),
                         },
                     )
                 return status
@@ -273,22 +288,27 @@ class Bridge:
         context = {
             "routing_key": method.routing_key,
             "delivery_tag": method.delivery_tag,
-            "message_id": properties.message_id,
+            "message_id": quoted(str(properties.message_id), 100)
+            if properties.message_id
+            else None,
         }
         try:
             outgoing = to_event(properties, body, source=self.source)
+        except Exception as exc:  # noqa: BLE001  # whatever a message makes fail is its own fault
+            self._reject(channel, method, context, body, exc)
+            return
+        try:
             status = self._post(outgoing)
-        except Exception as exc:  # noqa: BLE001  # a message of its own making never stops the bridge
-            reason = str(exc) if isinstance(exc, InvalidMessage) else f"{type(exc).__name__}: {exc}"
+        except InvalidMessage as exc:
+            self._reject(channel, method, context, body, exc)
+            return
+        except Exception as exc:  # noqa: BLE001  # our side (configuration, client): keep it
             log.error(
-                f"message rejected to {self.dead_letter_exchange}: {quoted(reason, 300)}",
-                extra={
-                    **context,
-                    "body_head": quoted(body[:200].decode(errors="replace"), 200),
-                },
+                "message requeued: the bridge cannot post it",
+                extra={**context, "event_id": outgoing.event_id, "error": quoted(repr(exc))},
             )
-            channel.basic_nack(method.delivery_tag, requeue=False)
-            self.counts["rejected"] += 1
+            channel.basic_nack(method.delivery_tag, requeue=True)
+            self.stopping.wait(1.0)
             return
         if status is not None and 200 <= status < 300:
             channel.basic_ack(method.delivery_tag)
@@ -304,6 +324,27 @@ class Bridge:
             f"message dead-lettered to {self.dead_letter_exchange}: the broker did not accept it",
             extra={**context, "event_id": outgoing.event_id, "status": status},
         )
+
+    def _reject(
+        self,
+        channel: BlockingChannel,
+        method: Basic.Deliver,
+        context: dict[str, Any],
+        body: bytes,
+        exc: Exception,
+    ) -> None:
+        """Reject a message that can never become an event: to the DLX, one log line."""
+        reason = str(exc) if isinstance(exc, InvalidMessage) else f"{type(exc).__name__}: {exc}"
+        log.error(
+            f"message rejected to {self.dead_letter_exchange}: {quoted(reason, 300)}",
+            extra={
+                **context,
+                "reason": quoted(reason, 300),
+                "body_head": quoted(body[:4096].decode(errors="replace"), 200),
+            },
+        )
+        channel.basic_nack(method.delivery_tag, requeue=False)
+        self.counts["rejected"] += 1
 
     def run(self) -> None:
         """Consume until stop(); reconnect after a lost connection."""

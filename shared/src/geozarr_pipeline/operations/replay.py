@@ -190,6 +190,9 @@ def replay_one(
         log.resolve(record.record_id, f"the {record.stage} stage has succeeded since")
         outcome.action, outcome.detail = "resolved", f"{record.stage} is done for the item"
         return outcome
+    if "data_excerpt" in record.input_event:
+        outcome.detail = "its input event was too large to keep whole: it cannot be replayed"
+        return outcome
     replays = log.replays(record.record_id)
     if replays and not again:
         outcome.detail = (

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -20,8 +21,6 @@ from geozarr_pipeline.convert import storage
 from geozarr_pipeline.errors import InvalidInput, OutputCheckFailed
 from geozarr_pipeline.events import ConvertDone, RegisterDone, quoted_value
 from geozarr_pipeline.provenance import (
-    MARKER_FORMAT,
-    MARKER_SUFFIX,
     PROCESSING_EXTENSION,
     processing_properties,
 )
@@ -35,29 +34,27 @@ from geozarr_pipeline.urlpolicy import check_url, policy_client
 log = logging.getLogger(__name__)
 
 
-def conversion_marker(
-    store_url: str, settings: Settings, client: httpx.Client
-) -> dict[str, Any] | None:
-    """The completion marker beside the store (`{store}.done.json`), if there is one."""
-    parent, _, name = store_url.rstrip("/").rpartition("/")
-    if not parent:
-        return None
-    with contextlib.closing(open_reader(parent, settings, client)) as reader:
-        marker = reader.read_json(f"{name}{MARKER_SUFFIX}")
-    return marker if marker and marker.get("format") == MARKER_FORMAT else None
+@dataclass(frozen=True)
+class Conversion:
+    """A completed conversion as convert left it: its reply, its marker, its store."""
+
+    done: ConvertDone
+    marker: dict[str, Any]
+    store_url: str
 
 
-def converted_store(event: ConvertDone, settings: Settings) -> ConvertDone:
+def converted_store(event: ConvertDone, settings: Settings) -> Conversion:
     """The conversion behind `event`, as its completion marker records it.
 
     Register takes only the store that convert writes for the event's item and collection
-    under output_root, completed (marker present, store there), and only the event that
-    conversion replied with: an event naming another store, a leftover, a folder without
-    data, or a source other than the one converted is refused before anything is read.
+    under output_root (compared as text, never resolved: the event's path is not touched),
+    completed (marker present, store there), and only the event that conversion replied
+    with: an event naming another store, a leftover, a folder without data, or a source other
+    than the one converted is refused before anything is read.
     """
     with storage.output_for(settings, event.collection, event.item_id) as location:
-        expected = store_href(location.url)
-        if store_href(event.output_url) != expected:
+        expected = location.url.rstrip("/")
+        if event.output_url.rstrip("/") != expected:
             raise InvalidInput(
                 f"output_url {quoted_value(event.output_url, 200)} is not the store convert "
                 f"writes for {event.collection}/{event.item_id} ({expected})",
@@ -71,6 +68,12 @@ def converted_store(event: ConvertDone, settings: Settings) -> ConvertDone:
             field="output_url",
         )
     recorded = ConvertDone.model_validate(marker["done"])
+    if recorded.output_url.rstrip("/") != expected:
+        raise InvalidInput(
+            f"the completion marker at {expected} records another store "
+            f"({quoted_value(recorded.output_url, 200)})",
+            field="output_url",
+        )
     claimed = event.model_copy(update={"output_url": recorded.output_url})
     if claimed != recorded:
         differing = sorted(
@@ -83,14 +86,15 @@ def converted_store(event: ConvertDone, settings: Settings) -> ConvertDone:
             f"{', '.join(differing)} differ",
             field=differing[0],
         )
-    return recorded
+    return Conversion(done=recorded, marker=marker, store_url=store_href(expected))
 
 
 def build_registered_item(
     event: ConvertDone, settings: Settings, client: httpx.Client, collection_url: str
 ) -> dict[str, Any]:
     """The validated item for a converted store; every asset points at an existing node."""
-    event = converted_store(event, settings)
+    conversion = converted_store(event, settings)
+    event = conversion.done
     if event.source_item_url:
         check_url(event.source_item_url, settings, what="source item URL")
         source_item = fetch_source_item(event.source_item_url, client)
@@ -98,7 +102,7 @@ def build_registered_item(
         check_url(event.zarr_url, settings, what="source Zarr URL")
         with contextlib.closing(open_reader(event.zarr_url, settings, client)) as product:
             source_item = item_from_product(product, event.zarr_url)
-    store_url = store_href(event.output_url)
+    store_url = conversion.store_url
     with contextlib.closing(open_reader(store_url, settings, client)) as reader:
         tree = read_store(store_url, reader)
         item, node_paths = build_item(
@@ -116,8 +120,7 @@ def build_registered_item(
             f"assets {', '.join(sorted(missing))} point at nodes missing from {store_url}"
         )
     item["links"].append({"rel": "collection", "href": collection_url, "type": "application/json"})
-    marker = conversion_marker(store_url, settings, client)
-    item["properties"].update(processing_properties(marker, item["properties"]))
+    item["properties"].update(processing_properties(conversion.marker, item["properties"]))
     item["stac_extensions"] = merge_extensions(item["stac_extensions"], [PROCESSING_EXTENSION])
     validate_item(item)
     return item
