@@ -6,13 +6,14 @@ event cannot make a stage reach into the cluster's own network.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import ipaddress
 import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 import httpx
@@ -22,7 +23,8 @@ from geozarr_pipeline.errors import InvalidInput, TransientError
 from geozarr_pipeline.events import quoted_value
 
 if TYPE_CHECKING:
-    from aiohttp import ClientHandlerType, ClientRequest, ClientResponse
+    from aiohttp import ClientHandlerType, ClientRequest, ClientResponse, ClientSession
+    from aiohttp.abc import AbstractResolver
 
 ALWAYS_ALLOWED_SCHEMES = frozenset({"https", "s3"})
 MAX_REDIRECTS = 5
@@ -109,18 +111,32 @@ def policy_client(settings: Settings, *, user_agent: str) -> httpx.Client:
 ClientMiddleware = Callable[["ClientRequest", "ClientHandlerType"], Awaitable["ClientResponse"]]
 
 
-def policy_middleware(settings: Settings | UrlPolicy) -> ClientMiddleware:
-    """An aiohttp client middleware (fsspec's HTTP filesystem) checking every request, each
-    redirect hop included, before it connects. A host that passed is not resolved again for
-    every chunk read, only after PASSED_HOST_SECONDS; one middleware per policy, so fsspec's
-    filesystem cache still applies. The name is checked before aiohttp resolves it again, so
-    a name that rebinds between the two is not caught (a resolver checking the addresses it
-    connects to would be)."""
-    return _middleware_for(UrlPolicy.of(settings))
+def fsspec_http_options(settings: Settings | UrlPolicy) -> dict[str, Any]:
+    """fsspec HTTP filesystem options under which every request passes the policy.
+
+    A client middleware checks each request, redirect hops included, before it connects
+    (scheme, credentials, allow-list, literal addresses); a resolver checks every address a
+    name resolves to when the connection is made, so a name that rebinds to a private
+    address between the check and the connect is still refused. Behind a proxy (HTTP(S)_PROXY
+    set) the resolver would only see the proxy, so the middleware resolves and checks each
+    host itself, again every PASSED_HOST_SECONDS. Both are one per policy, so fsspec's
+    filesystem cache still applies.
+    """
+    import urllib.request  # here: only the convert stage reads over fsspec
+
+    policy = UrlPolicy.of(settings)
+    proxied = bool(urllib.request.getproxies())
+    return {
+        "client_kwargs": {"trust_env": True, "middlewares": (_middleware_for(policy, proxied),)},
+        "get_client": _client_factory_for(policy.allow_private_hosts or proxied),
+    }
 
 
 @functools.lru_cache(maxsize=8)
-def _middleware_for(settings: UrlPolicy) -> ClientMiddleware:
+def _middleware_for(policy: UrlPolicy, proxied: bool) -> ClientMiddleware:
+    resolver_checks = not policy.allow_private_hosts and not proxied
+    # With the resolver on guard, a name is checked without resolving it here.
+    by_name = dataclasses.replace(policy, allow_private_hosts=True) if resolver_checks else policy
     passed: dict[tuple[str, str, int | None], float] = {}
 
     async def check_request(request: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
@@ -128,11 +144,64 @@ def _middleware_for(settings: UrlPolicy) -> ClientMiddleware:
         origin = (url.scheme, url.host or "", url.port)
         now = time.monotonic()
         if passed.get(origin, 0.0) < now:
-            check_url(str(url), settings, what="product URL")
+            # aiohttp connects to a literal address without asking the resolver.
+            literal = _is_address(url.host or "")
+            check_url(str(url), policy if literal else by_name, what="product URL")
             passed[origin] = now + PASSED_HOST_SECONDS
         return await handler(request)
 
     return check_request
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=2)
+def _client_factory_for(unguarded: bool) -> Callable[..., Awaitable[ClientSession]]:
+    async def get_client(**kwargs: Any) -> ClientSession:
+        import aiohttp
+
+        if unguarded:
+            return aiohttp.ClientSession(**kwargs)
+        connector = aiohttp.TCPConnector(resolver=public_only_resolver())
+        return aiohttp.ClientSession(connector=connector, **kwargs)
+
+    return get_client
+
+
+def public_only_resolver() -> AbstractResolver:
+    """An aiohttp resolver that refuses a name resolving to any non-public address (aiohttp
+    is imported here: the light stages never load it)."""
+    import aiohttp
+    from aiohttp.abc import AbstractResolver, ResolveResult
+
+    class PublicOnlyResolver(AbstractResolver):
+        def __init__(self) -> None:
+            self._resolver = aiohttp.ThreadedResolver()
+
+        async def resolve(
+            self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+        ) -> list[ResolveResult]:
+            results = await self._resolver.resolve(host, port, family)
+            for result in results:
+                address = ipaddress.ip_address(result["host"])
+                refused = non_public_reason(address)
+                if refused:
+                    raise InvalidInput(
+                        f"product host {host!r} resolves to a non-public address ({address}, "
+                        f"{refused}); private, loopback and link-local hosts are refused"
+                    )
+            return results
+
+        async def close(self) -> None:
+            await self._resolver.close()
+
+    return PublicOnlyResolver()
 
 
 def _check_allow_list(host: str, settings: Settings | UrlPolicy, url: str, what: str) -> None:

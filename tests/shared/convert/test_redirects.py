@@ -165,3 +165,24 @@ def test_register_refuses_a_redirected_source_item(
     assert allowed.seen
     assert forbidden.seen == []
     assert not (tmp_path / "catalog").exists()
+
+
+def test_a_name_resolving_to_a_private_address_is_refused_when_connecting(
+    hops: tuple[Hop, Hop], sample_server: SampleServerInfo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The chunk reader checks the addresses a name resolves to when it connects (what a
+    rebinding name resolves to then), not only the name before: `localhost` is let through
+    by name (on the allow-list) and refused by address, without a request reaching it."""
+    import fsspec
+
+    for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)  # behind a proxy the middleware resolves
+    _allowed, forbidden = hops
+    settings = Settings(allow_plain_http=True, allowed_hosts=["localhost"])
+    url = f"http://localhost:{forbidden.port}{urlparse(sample_server.l2a_item_url).path}"
+    options = sources.storage_options(url, settings)
+    assert options is not None
+    filesystem = fsspec.filesystem("http", skip_instance_cache=True, **options)
+    with pytest.raises(InvalidInput, match="resolves to a non-public address"):
+        filesystem.cat(url)
+    assert forbidden.seen == []

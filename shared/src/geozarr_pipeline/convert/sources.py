@@ -25,7 +25,7 @@ from geozarr_pipeline.errors import (
     TransientError,
     UnsupportedProduct,
 )
-from geozarr_pipeline.urlpolicy import check_url, policy_client, policy_middleware
+from geozarr_pipeline.urlpolicy import check_url, fsspec_http_options, policy_client
 
 SENTINEL2_PRODUCT_TYPES = frozenset({"S02MSIL1C", "S02MSIL2A"})
 
@@ -63,7 +63,7 @@ def storage_options(url: str, settings: Settings) -> dict[str, Any] | None:
     if scheme in ("http", "https"):
         # Honour HTTP(S)_PROXY like the item fetch does (cluster egress may need a proxy);
         # every chunk read, each redirect hop included, passes the URL policy.
-        return {"client_kwargs": {"trust_env": True, "middlewares": (policy_middleware(settings),)}}
+        return fsspec_http_options(settings)
     return None
 
 
