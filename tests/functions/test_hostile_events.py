@@ -42,8 +42,9 @@ POLICIES = {"local": local_env, "production": production_env}
 MAX_ERROR_BODY = 4096
 
 
-@pytest.fixture(scope="module")
-def apps() -> dict[Stage, flask.Flask]:
+@pytest.fixture
+def apps(policy: tuple[str, Path]) -> dict[Stage, flask.Flask]:
+    """The three functions as functions-framework loads them, with the policy's settings."""
     return {
         stage: functions_framework.create_app("handle", str(function_source(module)), "http")
         for stage, module in MODULES.items()

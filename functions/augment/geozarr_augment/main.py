@@ -1,25 +1,15 @@
-"""Knative entrypoint of the augment stage: a thin functions-framework handler."""
+"""Knative entrypoint of the augment stage: a thin functions-framework handler.
+
+Built by the one stage runner: settings read and checked when functions-framework loads this
+module (a broken configuration refuses to start), then each event handed to the stage.
+"""
 
 from __future__ import annotations
 
-import flask
 import functions_framework
 
-from geozarr_pipeline.attempts import process_journal
-from geozarr_pipeline.cloudevent_http import handle_request
-from geozarr_pipeline.config import get_settings
-from geozarr_pipeline.events import EventData, RegisterDone, Stage
-from geozarr_pipeline.logs import configure_logging
+from geozarr_pipeline.events import RegisterDone, Stage
+from geozarr_pipeline.stage_function import stage_function
 from geozarr_pipeline.stages import augment
 
-configure_logging()
-
-
-def _run(data: EventData) -> EventData:
-    assert isinstance(data, RegisterDone)
-    return augment.run(data, get_settings())
-
-
-@functions_framework.http
-def handle(request: flask.Request) -> flask.Response:
-    return handle_request(request, Stage.AUGMENT, _run, process_journal)
+handle = functions_framework.http(stage_function(Stage.AUGMENT, RegisterDone, augment.run))

@@ -8,6 +8,8 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 log = logging.getLogger(__name__)
+# An over-size body up to this many times the limit is read and dropped before the answer.
+DRAIN_FACTOR = 4
 
 
 class JsonRequestHandler(BaseHTTPRequestHandler):
@@ -53,6 +55,13 @@ class JsonRequestHandler(BaseHTTPRequestHandler):
                 self.rfile.readline()
         length = _non_negative(int(self.headers.get("Content-Length") or 0))
         if length > limit:
+            # Read (and drop) a body up to a few times the limit before answering, so that
+            # the client is not reset while it still sends and sees the 413; a larger one is
+            # left unread.
+            if length <= DRAIN_FACTOR * limit:
+                remaining = length
+                while remaining > 0 and (chunk := self.rfile.read(min(remaining, 65536))):
+                    remaining -= len(chunk)
             return None
         return self.rfile.read(length) if length else b""
 

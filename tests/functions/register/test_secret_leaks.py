@@ -105,8 +105,8 @@ def echo() -> Iterator[Echo]:
     server.stop()
 
 
-@pytest.fixture(scope="module")
-def app() -> flask.Flask:
+def load_app() -> flask.Flask:
+    """The register function as functions-framework loads it (settings read now)."""
     source = function_source("geozarr_register.main")
     return functions_framework.create_app("handle", str(source), "http")
 
@@ -138,7 +138,6 @@ SCENARIOS = {
 @pytest.mark.parametrize("scenario", sorted(SCENARIOS))
 def test_no_planted_secret_in_replies_logs_or_failure_records(
     scenario: str,
-    app: flask.Flask,
     echo: Echo,
     converted_l2a: ConvertedStore,
     tmp_path: Path,
@@ -179,6 +178,7 @@ def test_no_planted_secret_in_replies_logs_or_failure_records(
     config.get_settings.cache_clear()
     attempts.process_journal.cache_clear()
 
+    app = load_app()
     collect = Collect()
     logging.getLogger().addHandler(collect)
     try:
