@@ -8,7 +8,7 @@ UV := $(PYTHON) -m uv
 APT_PACKAGES := rabbitmq-server postgresql postgresql-15-postgis-3 chromium chromium-driver fonts-liberation
 PYTEST_ARGS ?=
 
-.PHONY: help setup setup-system setup-python lint format test demo clean
+.PHONY: help setup setup-system setup-python lint format test test-fast demo clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F ':.*?## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -40,6 +40,9 @@ format: ## Apply ruff fixes and formatting
 
 test: setup lint ## Set up, lint and run the whole test suite
 	$(UV) run pytest $(PYTEST_ARGS)
+
+test-fast: setup-python ## Every test that needs no service or process, in-process
+	$(UV) run pytest -m "not service" -q $(PYTEST_ARGS)
 
 demo: setup ## Synthesize a sample, run the chain on the local stack, print the result
 	$(UV) run geozarr-pipeline demo $(DEMO_ARGS)
