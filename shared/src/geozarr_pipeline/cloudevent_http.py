@@ -46,6 +46,7 @@ from geozarr_pipeline.events import (
     MAX_EVENT_BYTES,
     MAX_JSON_DEPTH,
     MAX_URL_CHARS,
+    REQUIRED_ATTRIBUTES,
     EventData,
     EventType,
     InputReference,
@@ -68,7 +69,6 @@ log = logging.getLogger(__name__)
 StageRunner = Callable[[EventData], EventData]
 # Opened on the first event that names an item (a broken status root only costs a warning).
 JournalFactory = Callable[[], AttemptJournal]
-REQUIRED_ATTRIBUTES = ("specversion", "id", "source", "type")
 # Set on a request whose body was refused unread: its answer closes the connection.
 CLOSE_CONNECTION = "geozarr.close_connection"
 # Attributes that name things (and end up in logs and records): bounded like URLs.

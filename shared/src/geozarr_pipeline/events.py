@@ -11,6 +11,10 @@ from urllib.parse import urlparse
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 SPEC_VERSION = "1.0"
+# Every CloudEvent must carry these (CloudEvents 1.0).
+REQUIRED_ATTRIBUTES = ("specversion", "id", "source", "type")
+# The RabbitMQ exchange users publish items on (knative/base/source.yaml binds its queue).
+GEOZARR_EXCHANGE = "geozarr"
 SOURCE_PREFIX = "urn:eopf-geozarr"
 REPLY_NAMESPACE = uuid.UUID("6f1c3c86-9a55-4d0b-8f7e-2f3d1f0c7b21")
 

@@ -22,14 +22,22 @@ from pathlib import Path
 from typing import Any, Literal
 
 import httpx
+from cloudevents.conversion import to_binary, to_structured
+from cloudevents.http import CloudEvent
 from pydantic import ValidationError
 
-from geozarr_pipeline.events import SPEC_VERSION, ConvertRequested, EventType, validation_problems
+from geozarr_pipeline.events import (
+    GEOZARR_EXCHANGE,
+    SPEC_VERSION,
+    ConvertRequested,
+    EventType,
+    validation_problems,
+)
 from geozarr_pipeline.redaction import redact
 
 SUBMIT_SOURCE = "urn:eopf-geozarr:submit"
 SUBMIT_NAMESPACE = uuid.UUID("0d7f1a52-3c1e-4f7e-9a3b-5b8e2f6c9d41")
-DEFAULT_EXCHANGE = "geozarr"
+DEFAULT_EXCHANGE = GEOZARR_EXCHANGE
 DEFAULT_ROUTING_KEY = "eopf.items.convert"
 
 Mode = Literal["binary", "structured"]
@@ -58,6 +66,9 @@ class Submission:
         return self.request.model_dump(mode="json", exclude_defaults=True) | {
             "item_id": self.subject
         }
+
+    def event(self) -> CloudEvent:
+        return CloudEvent(self.attributes(), self.data)
 
     def attributes(self) -> dict[str, str]:
         return {
@@ -125,16 +136,10 @@ def read_items(path: Path, collection: str | None = None) -> list[dict[str, Any]
 
 
 def http_request(submission: Submission, mode: Mode) -> tuple[dict[str, str], bytes]:
-    attributes = submission.attributes()
-    if mode == "structured":
-        envelope = {**attributes, "data": submission.data}
-        return (
-            {"content-type": "application/cloudevents+json; charset=utf-8"},
-            json.dumps(envelope).encode(),
-        )
-    headers = {f"ce-{k}": v for k, v in attributes.items() if k != "datacontenttype"}
-    headers["content-type"] = attributes["datacontenttype"]
-    return headers, json.dumps(submission.data).encode()
+    """The HTTP request of a submission, encoded by the CloudEvents SDK."""
+    event = submission.event()
+    headers, body = to_binary(event) if mode == "binary" else to_structured(event)
+    return {k: str(v) for k, v in headers.items()}, body or b""
 
 
 def submit_http(
@@ -184,8 +189,9 @@ def amqp_message(submission: Submission, fmt: AmqpFormat) -> tuple[dict[str, str
     body = json.dumps(submission.data).encode()
     if fmt == "legacy":
         return {}, body
-    attributes = submission.attributes()
-    return {f"ce-{k}": v for k, v in attributes.items() if k != "datacontenttype"}, body
+    headers, encoded = to_binary(submission.event())
+    # In AMQP the content type is a message property (datacontenttype): only ce-* go in headers.
+    return {k: str(v) for k, v in headers.items() if k.lower().startswith("ce-")}, encoded or body
 
 
 def submit_amqp(

@@ -34,10 +34,14 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import httpx
+from cloudevents.conversion import to_binary
+from cloudevents.http import CloudEvent
 
 from geozarr_pipeline.events import (
+    GEOZARR_EXCHANGE,
     MAX_EVENT_BYTES,
     MAX_JSON_DEPTH,
+    REQUIRED_ATTRIBUTES,
     SPEC_VERSION,
     EventType,
     json_depth,
@@ -54,7 +58,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DEFAULT_EXCHANGE = "geozarr"
+DEFAULT_EXCHANGE = GEOZARR_EXCHANGE
 DEFAULT_QUEUE = "geozarr-items-local"
 DEAD_LETTER_EXCHANGE_SUFFIX = "-dlx"
 DEAD_LETTER_QUEUE_SUFFIX = "-dead"
@@ -62,7 +66,7 @@ DEAD_LETTER_QUEUE_SUFFIX = "-dead"
 DEFAULT_DELIVERY = DeliverySpec(retry=0, backoff_policy="exponential", backoff_delay=0.2)
 DEFAULT_ROUTING_KEYS = ("eopf.items.*",)
 DEFAULT_SOURCE = "/apis/v1/namespaces/local/rabbitmqsources/geozarr-items"
-REQUIRED = ("specversion", "id", "source", "type")
+REQUIRED = REQUIRED_ATTRIBUTES
 # Prefixes under which publishers put CloudEvent attributes in AMQP headers: eventing-rabbitmq
 # uses ce-; the CloudEvents AMQP binding uses cloudEvents: (or cloudEvents_).
 HEADER_PREFIXES = ("ce-", "ce_", "cloudevents:", "cloudevents_")
@@ -186,14 +190,23 @@ def to_event(properties: BasicProperties, body: bytes, *, source: str = DEFAULT_
     if not isinstance(data, dict):
         raise InvalidMessage("body is not a JSON object and there are no ce-* headers")
     event_id = str(uuid.uuid4())
-    headers = {
-        "ce-specversion": SPEC_VERSION,
-        "ce-id": event_id,
-        "ce-source": source,
-        "ce-type": EventType.RABBITMQ_MESSAGE.value,
-        "content-type": "application/json",
-    }
-    return Outgoing(headers, body, event_id, EventType.RABBITMQ_MESSAGE.value)
+    event = CloudEvent(
+        {
+            "specversion": SPEC_VERSION,
+            "id": event_id,
+            "source": source,
+            "type": EventType.RABBITMQ_MESSAGE.value,
+            "datacontenttype": "application/json",
+        },
+        body,  # bytes: the SDK passes the body through as the source adapter does
+    )
+    headers, encoded = to_binary(event)
+    return Outgoing(
+        {k: str(v) for k, v in headers.items()},
+        encoded or body,
+        event_id,
+        EventType.RABBITMQ_MESSAGE.value,
+    )
 
 
 class Bridge:
