@@ -116,7 +116,7 @@ def parse_event(headers: Mapping[str, str], body: bytes) -> CloudEvent:
     return event
 
 
-def _bounded_json(body: bytes, what: str, *, required: bool = True) -> Any:
+def _bounded_json(body: bytes | str, what: str, *, required: bool = True) -> Any:
     """`body` parsed, refused if it is not JSON (when required) or nests too deeply."""
     try:
         value = json.loads(body)
@@ -167,16 +167,7 @@ def event_payload(event: CloudEvent) -> Any:
     if isinstance(data, bytes | bytearray):
         data = data.decode("utf-8", errors="replace")
     if isinstance(data, str):
-        try:
-            data = json.loads(data)
-        except RecursionError as exc:
-            raise InvalidEvent(
-                f"event data: JSON nested deeper than {MAX_JSON_DEPTH} levels"
-            ) from exc
-        except ValueError as exc:
-            raise InvalidEvent(f"event data is not valid JSON: {exc}") from exc
-        if json_depth(data) > MAX_JSON_DEPTH:
-            raise InvalidEvent(f"event data: JSON nested deeper than {MAX_JSON_DEPTH} levels")
+        data = _bounded_json(data, "event data")
     if data is None:
         raise InvalidEvent("event has no data")
     return data
