@@ -60,8 +60,9 @@ STAGE_OUTPUTS: dict[Stage, EventType] = {
 }
 
 # Ids become file and object names: the longest name derived from one is the convert
-# marker's temporary file `{id}.zarr.done.json.{8 hex}.tmp` (id + 28 characters), which must
-# stay under the 255-byte NAME_MAX of the filesystems and object stores we write to.
+# marker's temporary file `.{id}.zarr.done.json.{8 random}.tmp` (id + 29 characters, see
+# files.write_atomic), which must stay under the 255-byte NAME_MAX of the filesystems and
+# object stores we write to.
 MAX_ID_CHARS = 200
 # URLs of the event data; a longer one is refused before any fetch (servers cap near 8 KiB).
 MAX_URL_CHARS = 2048

@@ -8,8 +8,6 @@ create-only, the first writer wins), `get`, `keys` under a prefix, `delete`. Key
 from __future__ import annotations
 
 import contextlib
-import os
-import tempfile
 from abc import ABC, abstractmethod
 from pathlib import Path
 from types import TracebackType
@@ -17,6 +15,7 @@ from urllib.parse import urlparse
 
 from geozarr_pipeline.config import Settings
 from geozarr_pipeline.errors import TransientError
+from geozarr_pipeline.files import write_atomic
 from geozarr_pipeline.s3 import NOT_FOUND_CODES, S3Client, error_code, s3_client
 
 
@@ -72,26 +71,10 @@ class FolderObjectStore(ObjectStore):
         return self.root / key
 
     def put(self, key: str, body: bytes, *, if_absent: bool = False) -> bool:
-        path = self._path(key)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
-            try:
-                with os.fdopen(fd, "wb") as handle:
-                    handle.write(body)
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                if if_absent:
-                    os.link(tmp_name, path)  # refuses an existing name
-                else:
-                    os.replace(tmp_name, path)
-            except FileExistsError:
-                return False
-            finally:
-                Path(tmp_name).unlink(missing_ok=True)
+            return write_atomic(self._path(key), body, if_absent=if_absent)
         except OSError as exc:
             raise TransientError(f"cannot write {key} to {self.root}: {exc}") from exc
-        return True
 
     def get(self, key: str) -> bytes | None:
         try:

@@ -19,7 +19,6 @@ import fcntl
 import json
 import os
 import shutil
-import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,24 +32,13 @@ from geozarr_pipeline.catalog.common import (
 )
 from geozarr_pipeline.errors import InvalidInput, SourceNotFound
 from geozarr_pipeline.events import check_safe_id
+from geozarr_pipeline.files import write_atomic
 
 CATALOG_ID = "geozarr"
 
 
 def write_json_atomic(path: Path, document: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(document, handle, indent=2, sort_keys=True)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, (json.dumps(document, indent=2, sort_keys=True) + "\n").encode())
 
 
 @contextlib.contextmanager

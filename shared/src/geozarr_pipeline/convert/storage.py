@@ -48,6 +48,7 @@ from pydantic import ValidationError
 from geozarr_pipeline.config import Settings
 from geozarr_pipeline.errors import InProgress, InvalidInput, TransientError
 from geozarr_pipeline.events import ConvertDone, check_safe_id
+from geozarr_pipeline.files import write_atomic
 from geozarr_pipeline.provenance import MARKER_FORMAT as MARKER_FORMAT  # re-exported
 from geozarr_pipeline.provenance import MARKER_SUFFIX
 from geozarr_pipeline.redaction import quoted
@@ -206,12 +207,7 @@ class LocalOutput(OutputLocation):
         shutil.rmtree(self.staging, ignore_errors=True)
 
     def write_marker(self, marker: dict[str, Any]) -> None:
-        tmp = self.marker.with_name(f"{self.marker.name}.{uuid.uuid4().hex[:8]}.tmp")
-        with tmp.open("w") as handle:
-            json.dump(marker, handle, indent=2, sort_keys=True)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, self.marker)
+        write_atomic(self.marker, json.dumps(marker, indent=2, sort_keys=True).encode())
 
     def close(self) -> None:
         """Nothing to release: the lease closes its own lock file."""
