@@ -19,7 +19,7 @@ from geozarr_pipeline.local.geozarr_reader import (
     VariableRef,
 )
 from geozarr_pipeline.local.raster import default_variables, horizontal_bbox, store_url_for
-from geozarr_pipeline.stac.hrefs import public_href, storage_href, store_href
+from geozarr_pipeline.stac.hrefs import canonical_store_url, public_to_storage, storage_to_public
 from tests.fixtures.stac_api import ConvertedStore
 
 LEVELS = ["r10m", "r20m", "r60m", "r120m", "r360m", "r720m"]
@@ -117,11 +117,11 @@ def test_store_discovery_maps_public_hrefs_back_to_storage() -> None:
 @pytest.mark.parametrize("root", ["s3://bucket/geozarr/", "relative/out"])
 def test_public_and_storage_hrefs_are_inverse(root: str) -> None:
     settings = Settings(public_base_url="https://data.example.test/geozarr/", output_root=root)
-    stored = f"{store_href(root)}/c/X.zarr/measurements/reflectance"
-    public = public_href(stored, settings)
+    stored = f"{canonical_store_url(root)}/c/X.zarr/measurements/reflectance"
+    public = storage_to_public(stored, settings)
     assert public == "https://data.example.test/geozarr/c/X.zarr/measurements/reflectance"
-    assert storage_href(public, settings) == stored
-    assert storage_href("https://elsewhere.test/geozarr/c/X.zarr", settings) is None
+    assert public_to_storage(public, settings) == stored
+    assert public_to_storage("https://elsewhere.test/geozarr/c/X.zarr", settings) is None
 
 
 def test_ttl_cache_reuses_within_its_lifetime_and_drops_expired_entries() -> None:

@@ -222,11 +222,11 @@ def test_source_and_store_reads_retry_timeouts_and_rate_limits(
 
 
 def test_a_file_url_store_is_written_as_its_local_path(tmp_path: Path) -> None:
-    from geozarr_pipeline.stac.hrefs import store_href
+    from geozarr_pipeline.stac.hrefs import canonical_store_url
 
     folder = tmp_path / "with space" / "X.zarr"
-    assert store_href(folder.as_uri()) == str(folder.resolve())
-    assert store_href(str(folder)) == str(folder.resolve())
+    assert canonical_store_url(folder.as_uri()) == str(folder.resolve())
+    assert canonical_store_url(str(folder)) == str(folder.resolve())
 
 
 @pytest.mark.parametrize("with_item", [True, False], ids=["item-url", "zarr-url"])

@@ -55,7 +55,7 @@ from geozarr_pipeline.local.geozarr_reader import (
     StoreOpener,
     TtlCache,
 )
-from geozarr_pipeline.stac.hrefs import storage_href
+from geozarr_pipeline.stac.hrefs import public_to_storage
 from geozarr_pipeline.visual.encoding import with_query
 from geozarr_pipeline.visual.item import PRODUCT_KEY, default_rendering, store_root
 from geozarr_pipeline.visual.links import DEFAULT_TMS
@@ -85,7 +85,7 @@ def store_url_for(item: dict[str, Any], settings: Settings) -> str:
     store = store_root(item)
     if store is None:
         raise SourceNotFound(f"item {item.get('id')!r} has no Zarr asset or store link")
-    storage = storage_href(store, settings)
+    storage = public_to_storage(store, settings)
     if storage is not None:
         return storage
     product = (item.get("assets") or {}).get(PRODUCT_KEY) or {}

@@ -18,12 +18,12 @@ def _normalise(url: str) -> str:
     return url.rstrip("/")
 
 
-def store_href(output_url: str) -> str:
+def canonical_store_url(output_url: str) -> str:
     """The store location as written into items: URLs as they are, local paths absolute."""
     return _normalise(output_url)
 
 
-def public_href(url: str, settings: Settings) -> str | None:
+def storage_to_public(url: str, settings: Settings) -> str | None:
     """`url` rewritten under `public_base_url` if it lies under `output_root`, else None."""
     if not settings.public_base_url:
         return None
@@ -34,8 +34,9 @@ def public_href(url: str, settings: Settings) -> str | None:
     return None
 
 
-def storage_href(url: str, settings: Settings) -> str | None:
-    """The inverse of `public_href`: `url` under `public_base_url` mapped back to `output_root`."""
+def public_to_storage(url: str, settings: Settings) -> str | None:
+    """The inverse of `storage_to_public`: `url` under `public_base_url` mapped back to
+    `output_root`, else None."""
     public = (settings.public_base_url or "").rstrip("/")
     if not public or not (url == public or url.startswith(public + "/")):
         return None
@@ -44,7 +45,7 @@ def storage_href(url: str, settings: Settings) -> str | None:
 
 def asset_hrefs(url: str, settings: Settings) -> tuple[str, dict[str, Any]]:
     """The href of an asset and its `alternate` entries (alternate-assets extension)."""
-    public = public_href(url, settings)
+    public = storage_to_public(url, settings)
     if public is None:
         return url, {}
     alternates: dict[str, Any] = {}

@@ -24,7 +24,7 @@ from geozarr_pipeline.provenance import (
     PROCESSING_EXTENSION,
     processing_properties,
 )
-from geozarr_pipeline.stac.hrefs import store_href
+from geozarr_pipeline.stac.hrefs import canonical_store_url
 from geozarr_pipeline.stac.item import build_item, merge_extensions
 from geozarr_pipeline.stac.source import derived_from_link, fetch_source_item, item_from_product
 from geozarr_pipeline.stac.store import node_exists, open_reader, read_store
@@ -86,7 +86,7 @@ def converted_store(event: ConvertDone, settings: Settings) -> Conversion:
             f"{', '.join(differing)} differ",
             field=differing[0],
         )
-    return Conversion(done=recorded, marker=marker, store_url=store_href(expected))
+    return Conversion(done=recorded, marker=marker, store_url=canonical_store_url(expected))
 
 
 def build_registered_item(
