@@ -22,6 +22,8 @@ ENV UV_COMPILE_BYTECODE=1 \
 WORKDIR /src
 COPY pyproject.toml uv.lock .python-version README.md ./
 COPY shared/pyproject.toml shared/pyproject.toml
+# The local stand-ins' member: its metadata only, so the workspace resolves; no image installs it.
+COPY local/pyproject.toml local/pyproject.toml
 COPY functions/convert/pyproject.toml functions/convert/pyproject.toml
 COPY functions/register/pyproject.toml functions/register/pyproject.toml
 COPY functions/augment/pyproject.toml functions/augment/pyproject.toml

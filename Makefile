@@ -30,13 +30,13 @@ setup-python: ## Install uv and the locked Python environment
 setup: setup-system setup-python ## Everything a fresh machine needs
 
 lint: ## ruff (lint + format check) and mypy strict
-	$(UV) run ruff check shared functions tests
-	$(UV) run ruff format --check shared functions tests
-	$(UV) run mypy shared/src functions
+	$(UV) run ruff check shared local functions tests
+	$(UV) run ruff format --check shared local functions tests
+	$(UV) run mypy shared/src local/src functions
 
 format: ## Apply ruff fixes and formatting
-	$(UV) run ruff check --fix shared functions tests
-	$(UV) run ruff format shared functions tests
+	$(UV) run ruff check --fix shared local functions tests
+	$(UV) run ruff format shared local functions tests
 
 test: setup lint ## Set up, lint and run the whole test suite
 	$(UV) run pytest $(PYTEST_ARGS)

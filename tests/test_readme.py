@@ -10,10 +10,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from geozarr_local.demo import DEFAULT_PORTS
+from geozarr_local.sample.build import Sample, write_sample
+from geozarr_local.stack import LocalStack
 from geozarr_pipeline.events import EventType
-from geozarr_pipeline.local.demo import DEFAULT_PORTS
-from geozarr_pipeline.local.stack import LocalStack
-from geozarr_pipeline.sample.build import Sample, write_sample
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

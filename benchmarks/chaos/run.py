@@ -36,11 +36,11 @@ from typing import Any
 import httpx
 
 from geozarr_pipeline.events import EventType
-from geozarr_pipeline.local.demo import convert_requested_event
-from geozarr_pipeline.local.processes import LOOPBACK, free_port
-from geozarr_pipeline.local.stack import FUNCTION_SERVICES, LocalStack
-from geozarr_pipeline.sample.build import write_sample
-from geozarr_pipeline.sample.layout import item_url
+from geozarr_local.demo import convert_requested_event
+from geozarr_local.processes import LOOPBACK, free_port
+from geozarr_local.stack import FUNCTION_SERVICES, LocalStack
+from geozarr_local.sample.build import write_sample
+from geozarr_local.sample.layout import item_url
 
 SCALE = 0.02
 

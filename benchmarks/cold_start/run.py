@@ -25,7 +25,7 @@ from pathlib import Path
 import httpx
 
 from geozarr_pipeline.events import Stage
-from geozarr_pipeline.local.processes import free_port
+from geozarr_local.processes import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 TARGETS = {Stage.CONVERT: 3.0, Stage.REGISTER: 1.0, Stage.AUGMENT: 1.0}

@@ -284,7 +284,7 @@ def main() -> int:
         return 0
     args.work.mkdir(parents=True, exist_ok=True)
     if args.synthesize or not args.product.exists():
-        from geozarr_pipeline.sample.synthesize import synthesize_product
+        from geozarr_local.sample.synthesize import synthesize_product
 
         started = time.monotonic()
         synthesize_product("l2a", args.product, 1.0, 7)

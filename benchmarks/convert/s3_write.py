@@ -20,8 +20,8 @@ from pathlib import Path
 
 import boto3
 
-from geozarr_pipeline.local.processes import LOOPBACK, ManagedProcess, free_port, http_ready
-from geozarr_pipeline.sample.synthesize import synthesize_product
+from geozarr_local.processes import LOOPBACK, ManagedProcess, free_port, http_ready
+from geozarr_local.sample.synthesize import synthesize_product
 
 # Credentials of the throwaway loopback moto server (it accepts any).
 MOTO_KEY = "bench"

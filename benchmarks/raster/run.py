@@ -27,8 +27,8 @@ from fastapi.testclient import TestClient
 from rio_tiler.io.xarray import XarrayReader
 
 from geozarr_pipeline.config import Settings
-from geozarr_pipeline.local.raster import create_app
-from geozarr_pipeline.sample.build import write_sample
+from geozarr_local.raster import create_app
+from geozarr_local.sample.build import write_sample
 from geozarr_pipeline.visual import RasterApi, add_visualisation
 
 

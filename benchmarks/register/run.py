@@ -17,18 +17,18 @@ from pathlib import Path
 
 import httpx
 
-from geozarr_pipeline.catalog.local_api import running_api
+from geozarr_local.stac_api import running_api
 from geozarr_pipeline.config import Settings
 from geozarr_pipeline.events import ConvertDone
-from geozarr_pipeline.local.processes import (
+from geozarr_local.processes import (
     LOOPBACK,
     ManagedProcess,
     free_port,
     http_ready,
     module_command,
 )
-from geozarr_pipeline.sample.build import Sample, write_sample
-from geozarr_pipeline.sample.layout import item_url, product_url
+from geozarr_local.sample.build import Sample, write_sample
+from geozarr_local.sample.layout import item_url, product_url
 from geozarr_pipeline.stages import register
 
 
@@ -94,7 +94,7 @@ def main() -> int:
         server = ManagedProcess(
             name="sample-server",
             command=module_command(
-                "geozarr_pipeline.sample.server", sample_port, "--root", str(tmp / "sample")
+                "geozarr_local.sample.server", sample_port, "--root", str(tmp / "sample")
             ),
             log_path=tmp / "sample.log",
         ).start()

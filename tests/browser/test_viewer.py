@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from playwright.sync_api import Response, sync_playwright
 
-from geozarr_pipeline.local.stack import LocalStack
+from geozarr_local.stack import LocalStack
 from tests.fixtures.stack import ChainRun
 from tests.fixtures.visual import MapSetup, read_png
 

@@ -11,6 +11,7 @@ import pytest
 from cloudevents.conversion import to_binary, to_structured
 from cloudevents.http import CloudEvent
 
+from geozarr_local.stack import LocalStack
 from geozarr_pipeline.events import (
     AugmentDone,
     ConvertDone,
@@ -20,7 +21,6 @@ from geozarr_pipeline.events import (
     Stage,
     StageFailed,
 )
-from geozarr_pipeline.local.stack import LocalStack
 from tests.fixtures.stack import ChainRun
 
 STAGE_CASES = {

@@ -17,9 +17,9 @@ import flask
 import functions_framework
 import pytest
 
+from geozarr_local.stack import function_source
 from geozarr_pipeline import attempts, config
 from geozarr_pipeline.events import EventType, Stage, StageFailed
-from geozarr_pipeline.local.stack import function_source
 from tests.functions.hostile import (
     Case,
     data_cases,

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from geozarr_local.processes import LOOPBACK, ManagedProcess, free_port, http_ready
+from geozarr_local.stack import function_command
 from geozarr_pipeline.events import MAX_EVENT_BYTES
-from geozarr_pipeline.local.processes import LOOPBACK, ManagedProcess, free_port, http_ready
-from geozarr_pipeline.local.stack import function_command
 from tests.functions.hostile import deep_json, local_env, raw_exchange
 
 MODULES = ("geozarr_convert.main", "geozarr_register.main", "geozarr_augment.main")

@@ -18,13 +18,15 @@ from pathlib import Path
 import httpx
 import pytest
 
+from geozarr_local.processes import ManagedProcess, free_port, tcp_ready
+from geozarr_local.stack import function_command
 from geozarr_pipeline.events import EventType, Stage
-from geozarr_pipeline.local.processes import ManagedProcess, free_port, tcp_ready
-from geozarr_pipeline.local.stack import function_command
 from tests.functions.failures import problem_of
 
 ROOT = Path(__file__).resolve().parents[2]
 HEAVY = ("xarray", "dask", "eopf_geozarr", "zarr")
+# The local stand-ins and what only they need: no function image has them.
+LOCAL_ONLY = ("geozarr_local", "titiler")
 
 pytestmark = pytest.mark.skipif(shutil.which("uv") is None, reason="uv is not on PATH")
 
@@ -114,18 +116,20 @@ def served(installed: Installed) -> Iterator[tuple[Installed, str]]:
 def test_the_environment_has_only_what_the_function_needs(installed: Installed) -> None:
     probe = (
         "import importlib.util, json; "
-        f"print(json.dumps({{m: importlib.util.find_spec(m) is not None for m in {HEAVY!r}}}))"
+        "print(json.dumps({m: importlib.util.find_spec(m) is not None "
+        f"for m in {HEAVY + LOCAL_ONLY!r}}}))"
     )
     found = json.loads(
         subprocess.run(
             [str(installed.python), "-c", probe], capture_output=True, text=True, check=True
         ).stdout
     )
+    assert not any(found[m] for m in LOCAL_ONLY), found
     if installed.stage is Stage.CONVERT:
         assert found["xarray"]
         assert found["eopf_geozarr"]
     else:
-        assert not any(found.values()), found
+        assert not any(found[m] for m in HEAVY), found
 
 
 def test_importing_the_function_loads_no_array_stack(installed: Installed) -> None:

@@ -274,6 +274,15 @@ def test_small_images_lock_slice_has_no_heavy_dependencies(
     assert not names & set(HEAVY), f"{target} would install {sorted(names & set(HEAVY))}"
 
 
+@pytest.mark.parametrize("target", ["convert", "register", "augment", FAILURES_TARGET])
+def test_no_image_installs_the_local_stand_ins(stages: dict[str, Stage], target: str) -> None:
+    exported = lock_slice(stages, target)
+    members = {line.split(";")[0].strip() for line in exported.splitlines() if line[:3] == "-e "}
+    assert "-e ./shared" in members
+    assert "-e ./local" not in members, f"{target} would install the local stand-ins"
+    assert "titiler-xarray" not in exported_names(exported)
+
+
 def test_failures_lock_slice_has_boto3_without_functions_framework(
     stages: dict[str, Stage],
 ) -> None:

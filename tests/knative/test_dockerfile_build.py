@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import yaml
 
-from geozarr_pipeline.local.processes import ManagedProcess, free_port, tcp_ready
+from geozarr_local.processes import ManagedProcess, free_port, tcp_ready
 from tests.knative.test_dockerfile import (
     DOCKERFILE,
     FAILURES_TARGET,

@@ -23,9 +23,9 @@ from typing import Any
 import pytest
 import yaml
 
+from geozarr_local.routing import DeliverySpec, load_routes, parse_duration
 from geozarr_pipeline.config import Settings
 from geozarr_pipeline.events import EventType, Stage
-from geozarr_pipeline.local.routing import DeliverySpec, load_routes, parse_duration
 from tests.knative import consistency as rules
 from tests.knative.consistency import (
     PREFETCH,

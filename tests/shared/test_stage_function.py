@@ -12,11 +12,11 @@ import pytest
 from cloudevents.conversion import to_binary, to_structured
 from cloudevents.http import CloudEvent
 
+from geozarr_local.processes import ManagedProcess, free_port
+from geozarr_local.stack import function_command
 from geozarr_pipeline import attempts, config
 from geozarr_pipeline.config import Settings
 from geozarr_pipeline.events import ConvertDone, EventType, RegisterDone, Stage
-from geozarr_pipeline.local.processes import ManagedProcess, free_port
-from geozarr_pipeline.local.stack import function_command
 from geozarr_pipeline.stage_function import (
     ConfigurationError,
     configuration_problems,

@@ -275,7 +275,7 @@ def _print(results: list[dict[str, Any]]) -> None:
 
 def _wait(args: argparse.Namespace, results: list[dict[str, Any]]) -> None:
     """Wait for each item's augment.done of this run: journal entries before it do not count."""
-    from geozarr_pipeline.local.client import wait_for_event
+    from geozarr_pipeline.broker_client import wait_for_event
 
     for result in results:
         if "seq" not in result:

@@ -14,12 +14,12 @@ import pytest
 from cloudevents.conversion import to_binary, to_structured
 from cloudevents.http import CloudEvent
 
+from geozarr_local.processes import LOOPBACK, ManagedProcess, free_port, http_ready
+from geozarr_local.stack import function_command
 from geozarr_pipeline.catalog import open_catalog
 from geozarr_pipeline.catalog.static import StaticCatalog
 from geozarr_pipeline.config import Settings
 from geozarr_pipeline.events import EventType, RegisterDone, Stage, reply_id
-from geozarr_pipeline.local.processes import LOOPBACK, ManagedProcess, free_port, http_ready
-from geozarr_pipeline.local.stack import function_command
 from geozarr_pipeline.stac.validate import validation_errors
 from tests.fixtures.stac_api import ConvertedStore
 from tests.fixtures.visual import map_settings, register

@@ -15,9 +15,9 @@ import pytest
 from cloudevents.conversion import to_binary
 from cloudevents.http import CloudEvent
 
+from geozarr_local.processes import LOOPBACK, ManagedProcess, free_port, http_ready
+from geozarr_local.stack import function_command
 from geozarr_pipeline.events import ConvertDone, EventType, Stage, reply_id
-from geozarr_pipeline.local.processes import LOOPBACK, ManagedProcess, free_port, http_ready
-from geozarr_pipeline.local.stack import function_command
 from tests.fixtures.sample import SampleServerInfo
 from tests.functions.failures import problem_of
 

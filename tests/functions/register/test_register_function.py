@@ -10,8 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from geozarr_pipeline.local.processes import LOOPBACK, ManagedProcess, free_port, http_ready
-from geozarr_pipeline.local.stack import function_command
+from geozarr_local.processes import LOOPBACK, ManagedProcess, free_port, http_ready
+from geozarr_local.stack import function_command
 from tests.fixtures.sample import LOCAL_SOURCES_ENV
 from tests.fixtures.stac_api import ConvertedStore, FaultProxy, StacApiInfo, place_converted
 from tests.functions.failures import problem_of

@@ -20,12 +20,12 @@ import flask
 import functions_framework
 import pytest
 
+from geozarr_local.processes import LOOPBACK, free_port
+from geozarr_local.stack import function_source
 from geozarr_pipeline import attempts, config
 from geozarr_pipeline.events import EventType, Stage
 from geozarr_pipeline.failures.recorder import FailureRecorder
 from geozarr_pipeline.failures.store import open_failure_store
-from geozarr_pipeline.local.processes import LOOPBACK, free_port
-from geozarr_pipeline.local.stack import function_source
 from geozarr_pipeline.logs import JsonFormatter
 from tests.fixtures.loopback import serve, shut
 from tests.fixtures.sample import LOCAL_SOURCES_ENV

@@ -13,11 +13,11 @@ from typing import Any
 import httpx
 import pytest
 
+from geozarr_local.processes import LOOPBACK, free_port
 from geozarr_pipeline.catalog import open_catalog, opened_catalog
 from geozarr_pipeline.catalog.stac_api import StacApiCatalog
 from geozarr_pipeline.config import Settings
 from geozarr_pipeline.errors import TransientError, UpstreamRejected, status_code_for
-from geozarr_pipeline.local.processes import LOOPBACK, free_port
 from tests.fixtures.sample import LOCAL_SOURCES
 from tests.fixtures.stac_api import FaultProxy, StacApiInfo, place_converted
 

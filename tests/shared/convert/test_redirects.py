@@ -18,10 +18,10 @@ from urllib.parse import urlparse
 import httpx
 import pytest
 
+from geozarr_local.processes import LOOPBACK, free_port
 from geozarr_pipeline.config import Settings
 from geozarr_pipeline.convert import engine, sources
 from geozarr_pipeline.errors import InvalidInput
-from geozarr_pipeline.local.processes import LOOPBACK, free_port
 from geozarr_pipeline.stages import register
 from tests.fixtures.loopback import serve, shut
 from tests.fixtures.sample import SampleServerInfo

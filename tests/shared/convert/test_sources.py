@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 
+from geozarr_local.processes import free_port
+from geozarr_local.sample.hierarchy import SOURCE_ITEM_TEMPLATE, reference_text
 from geozarr_pipeline.config import Settings
 from geozarr_pipeline.convert import sources
 from geozarr_pipeline.errors import (
@@ -19,8 +21,6 @@ from geozarr_pipeline.errors import (
     UnsupportedProduct,
     status_code_for,
 )
-from geozarr_pipeline.local.processes import free_port
-from geozarr_pipeline.sample.hierarchy import SOURCE_ITEM_TEMPLATE, reference_text
 from tests.fixtures.sample import SampleServerInfo
 from tests.shared.convert.conftest import local_settings
 

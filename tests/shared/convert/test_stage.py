@@ -18,11 +18,11 @@ import pytest
 import xarray as xr
 import zarr
 
+from geozarr_local.processes import ManagedProcess
 from geozarr_pipeline.config import Settings
 from geozarr_pipeline.convert import check, storage
 from geozarr_pipeline.errors import InProgress, OutputCheckFailed, UnsupportedProduct
 from geozarr_pipeline.events import ConvertDone, ConvertRequested
-from geozarr_pipeline.local.processes import ManagedProcess
 from geozarr_pipeline.stages import convert
 from tests.fixtures.s3 import S3Server
 from tests.fixtures.sample import SampleServerInfo

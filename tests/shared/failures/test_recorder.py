@@ -13,10 +13,10 @@ import httpx
 from cloudevents.conversion import to_binary, to_structured
 from cloudevents.http import CloudEvent
 
+from geozarr_local.processes import free_port, module_command
 from geozarr_pipeline.cloudevent_http import build_failure
 from geozarr_pipeline.errors import InvalidInput, SourceNotFound
 from geozarr_pipeline.events import EventType, Stage
-from geozarr_pipeline.local.processes import free_port, module_command
 from tests.fixtures.failures import RecorderFactory
 from tests.fixtures.s3 import S3Server
 

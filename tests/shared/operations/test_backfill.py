@@ -26,11 +26,11 @@ import pystac
 import pytest
 from packaging.version import Version
 
+from geozarr_local.processes import LOOPBACK, free_port
 from geozarr_pipeline.cli import main
 from geozarr_pipeline.config import Settings
 from geozarr_pipeline.convert.storage import MARKER_FORMAT, output_for
 from geozarr_pipeline.events import ConvertDone, EventType
-from geozarr_pipeline.local.processes import LOOPBACK, free_port
 from geozarr_pipeline.operations.backfill import (
     Action,
     Cursor,

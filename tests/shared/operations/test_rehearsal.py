@@ -15,14 +15,14 @@ from typing import Any
 import httpx
 import pytest
 
+from geozarr_local.demo import convert_requested_event
+from geozarr_local.processes import LOOPBACK, free_port
+from geozarr_local.sample.build import write_sample
+from geozarr_local.sample.layout import item_url
+from geozarr_local.stack import LocalStack
+from geozarr_pipeline.broker_client import RunFailed
 from geozarr_pipeline.cli import main
 from geozarr_pipeline.events import EventType
-from geozarr_pipeline.local.client import RunFailed
-from geozarr_pipeline.local.demo import convert_requested_event
-from geozarr_pipeline.local.processes import LOOPBACK, free_port
-from geozarr_pipeline.local.stack import LocalStack
-from geozarr_pipeline.sample.build import write_sample
-from geozarr_pipeline.sample.layout import item_url
 from tests.fixtures.s3 import S3Server
 
 PLANTED_TOKEN = "planted-stac-token-7f3a9c1e5b"

@@ -71,7 +71,7 @@ def test_full_size_item(tree: StoreTree) -> None:
     source_item = json.loads(
         (
             Path(__file__).parents[3]
-            / "shared/src/geozarr_pipeline/sample/reference"
+            / "local/src/geozarr_local/sample/reference"
             / "source-item.S2A_MSIL2A_20251113T102311_N0511_R065_T32TNQ_20251113T142515.json"
         ).read_text()
     )

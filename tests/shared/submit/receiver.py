@@ -12,7 +12,7 @@ from typing import Any
 
 from cloudevents.http import CloudEvent, from_http
 
-from geozarr_pipeline.local.processes import LOOPBACK
+from geozarr_local.processes import LOOPBACK
 
 
 @dataclass

@@ -13,8 +13,8 @@ import httpx
 import pika
 import pytest
 
+from geozarr_local.processes import ManagedProcess, free_port, http_ready
 from geozarr_pipeline.events import EventType
-from geozarr_pipeline.local.processes import ManagedProcess, free_port, http_ready
 from geozarr_pipeline.submit import (
     SubmitError,
     make_submission,
@@ -102,7 +102,7 @@ def local_broker(tmp_path: Path) -> Iterator[str]:
         command=[
             sys.executable,
             "-m",
-            "geozarr_pipeline.local.broker",
+            "geozarr_local.broker",
             "--port",
             str(port),
             "--manifests",

@@ -1,21 +1,13 @@
-"""CLI subcommands of the catalog: run the local STAC API, register a store, show an item."""
+"""CLI subcommands of the catalog: register a store, show an item."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 from geozarr_pipeline.guard import guarded
-from geozarr_pipeline.local.processes import LOOPBACK
-
-
-def _stac_api(args: argparse.Namespace) -> int:
-    from geozarr_pipeline.catalog.local_api import serve
-
-    return serve(args.host, args.port, args.data_dir)
 
 
 def _register(args: argparse.Namespace) -> int:
@@ -53,15 +45,6 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    api = subparsers.add_parser(
-        "stac-api",
-        help="serve a local STAC API (PostgreSQL + pgstac + stac-fastapi-pgstac, Transactions)",
-    )
-    api.add_argument("--host", default=LOOPBACK)
-    api.add_argument("--port", type=int, required=True)
-    api.add_argument("--data-dir", type=Path, required=True)
-    api.set_defaults(func=_stac_api)
-
     reg = subparsers.add_parser(
         "register-store",
         help="register (again) the store convert wrote for an item into the configured "

@@ -1,0 +1,184 @@
+"""GeoZarrReader on a real eopf-geozarr store: level choice, band stacking, store discovery."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import morecantile
+import pytest
+from rio_tiler.errors import InvalidBandName, MissingBands
+
+from geozarr_local.geozarr_reader import (
+    GeoZarrReader,
+    ItemSource,
+    StoreOpener,
+    TtlCache,
+    VariableRef,
+)
+from geozarr_local.raster import default_variables, horizontal_bbox, store_url_for
+from geozarr_pipeline.config import Settings
+from geozarr_pipeline.errors import SourceNotFound
+from geozarr_pipeline.stac.hrefs import canonical_store_url, public_to_storage, storage_to_public
+from tests.fixtures.stac_api import ConvertedStore
+
+LEVELS = ["r10m", "r20m", "r60m", "r120m", "r360m", "r720m"]
+TRUE_COLOR = [f"/measurements/reflectance/r10m:{band}" for band in ("b04", "b03", "b02")]
+
+
+@pytest.fixture(scope="module")
+def source(converted_l2a: ConvertedStore) -> ItemSource:
+    return ItemSource(item={}, store_url=str(converted_l2a.path), opener=StoreOpener(Settings()))
+
+
+def test_levels_are_the_multiscale_siblings_finest_first(source: ItemSource) -> None:
+    reader = GeoZarrReader(source, variables=TRUE_COLOR)
+    levels = reader.levels(VariableRef.parse(TRUE_COLOR[0]))
+    assert [group.rsplit("/", 1)[1] for _, group in levels] == LEVELS
+    resolutions = [resolution for resolution, _ in levels]
+    assert resolutions == sorted(resolutions)
+    assert len(set(resolutions)) == len(LEVELS)
+
+
+def test_reads_pick_the_coarsest_level_fine_enough(source: ItemSource) -> None:
+    reader = GeoZarrReader(source, variables=TRUE_COLOR)
+    ref = VariableRef.parse(TRUE_COLOR[0])
+    levels = reader.levels(ref)
+    shapes = [reader._array(group, ref.variable).shape for _, group in levels]
+    assert len(set(shapes)) == len(shapes)
+    for index, (resolution, _group) in enumerate(levels):
+        assert reader._pick(ref, resolution).shape == shapes[index]
+        assert reader._pick(ref, resolution * 0.9).shape == shapes[max(index - 1, 0)]
+    assert reader._pick(ref, levels[-1][0] * 10).shape == shapes[-1]
+
+
+def test_a_level_group_never_reads_finer_than_requested(source: ItemSource) -> None:
+    spec = "/measurements/reflectance/r60m:b04"
+    reader = GeoZarrReader(source, variables=[spec])
+    levels = reader.levels(VariableRef.parse(spec))
+    assert levels[0][1].endswith("/r60m")
+    assert all(not group.endswith(("/r10m", "/r20m")) for _, group in levels)
+
+
+def test_tile_and_preview_stack_one_band_per_variable(source: ItemSource) -> None:
+    reader = GeoZarrReader(source, variables=TRUE_COLOR)
+    west, south, east, north = reader.get_geographic_bounds("epsg:4326")
+    tms = morecantile.tms.get("WebMercatorQuad")
+    tile = tms.tile((west + east) / 2, (south + north) / 2, reader.maxzoom)
+    image = reader.tile(tile.x, tile.y, tile.z)
+    assert image.count == 3
+    assert image.band_names == TRUE_COLOR
+    preview = reader.preview(max_size=128)
+    assert preview.count == 3
+    assert max(preview.width, preview.height) <= 128
+    assert reader.minzoom < reader.maxzoom
+
+
+def test_bad_variables_are_named(source: ItemSource) -> None:
+    with pytest.raises(InvalidBandName, match="b99"):
+        GeoZarrReader(source, variables=["/measurements/reflectance/r10m:b99"])
+    with pytest.raises(InvalidBandName, match="group"):
+        GeoZarrReader(source, variables=["b04"])
+    with pytest.raises(MissingBands):
+        GeoZarrReader(source, variables=None)
+
+
+def test_default_variables_come_from_the_renders() -> None:
+    item: dict[str, Any] = {
+        "properties": {"renders": {"x": {"variables": ["/g/r10m:b08"]}}},
+        "assets": {},
+    }
+    assert default_variables(item) == ("/g/r10m:b08",)
+    item = {
+        "properties": {},
+        "assets": {"reflectance": {"href": "/d/X.zarr/measurements/reflectance"}},
+    }
+    assert default_variables(item) == tuple(TRUE_COLOR)
+
+
+def test_store_discovery_maps_public_hrefs_back_to_storage() -> None:
+    settings = Settings(public_base_url="https://data.example.test/geozarr", output_root="/srv/out")
+    item = {
+        "id": "X",
+        "links": [],
+        "assets": {
+            "product": {
+                "href": "https://data.example.test/geozarr/c/X.zarr",
+                "alternate": {"s3": {"href": "s3://bucket/c/X.zarr"}},
+            }
+        },
+    }
+    assert store_url_for(item, settings) == "/srv/out/c/X.zarr"
+    assert store_url_for(item, Settings()) == "s3://bucket/c/X.zarr"
+    item["links"] = [{"rel": "store", "href": "s3://other/X.zarr/"}]
+    assert store_url_for(item, Settings()) == "s3://other/X.zarr"
+
+
+@pytest.mark.parametrize("root", ["s3://bucket/geozarr/", "relative/out"])
+def test_public_and_storage_hrefs_are_inverse(root: str) -> None:
+    settings = Settings(public_base_url="https://data.example.test/geozarr/", output_root=root)
+    stored = f"{canonical_store_url(root)}/c/X.zarr/measurements/reflectance"
+    public = storage_to_public(stored, settings)
+    assert public == "https://data.example.test/geozarr/c/X.zarr/measurements/reflectance"
+    assert public_to_storage(public, settings) == stored
+    assert public_to_storage("https://elsewhere.test/geozarr/c/X.zarr", settings) is None
+
+
+def test_ttl_cache_reuses_within_its_lifetime_and_drops_expired_entries() -> None:
+    import time
+
+    cache: TtlCache[str, int] = TtlCache(seconds=0.2)
+    loads: list[str] = []
+
+    def load(key: str) -> int:
+        loads.append(key)
+        return len(loads)
+
+    assert cache.get("a", lambda: load("a")) == cache.get("a", lambda: load("a")) == 1
+    time.sleep(0.25)
+    assert cache.get("b", lambda: load("b")) == 2
+    assert cache.get("a", lambda: load("a")) == 3, "an expired entry is loaded again"
+    assert len(cache._entries) == 2
+    time.sleep(0.25)
+    cache.get("c", lambda: load("c"))
+    assert list(cache._entries) == ["c"], "expired entries are dropped on insert"
+
+
+def test_a_missing_store_or_group_is_not_found(source: ItemSource, tmp_path: Path) -> None:
+    opener = StoreOpener(Settings())
+    with pytest.raises(SourceNotFound, match="no store"):
+        opener.dataset(str(tmp_path / "gone.zarr"), "/measurements/reflectance/r10m")
+    with pytest.raises(SourceNotFound, match="no group"):
+        opener.dataset(source.store_url, "/measurements/reflectance/r5m")
+
+
+def test_wmts_bbox_is_horizontal_for_2d_and_3d_bboxes() -> None:
+    assert horizontal_bbox([1.0, 2.0, 3.0, 4.0]) == [1.0, 2.0, 3.0, 4.0]
+    assert horizontal_bbox([1.0, 2.0, -5.0, 3.0, 4.0, 100.0]) == [1.0, 2.0, 3.0, 4.0]
+    assert horizontal_bbox(None) == [-180.0, -85.0511, 180.0, 85.0511]
+
+
+def test_an_item_whose_store_is_gone_is_404(tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from geozarr_local.raster import create_app
+    from geozarr_pipeline.catalog.static import StaticCatalog
+
+    catalog = StaticCatalog(tmp_path / "catalog")
+    gone = tmp_path / "gone" / "X.zarr"
+    item = {
+        "type": "Feature",
+        "stac_version": "1.1.0",
+        "id": "X",
+        "collection": "c",
+        "geometry": None,
+        "properties": {"datetime": "2025-01-01T00:00:00Z"},
+        "links": [],
+        "assets": {"product": {"href": str(gone)}},
+    }
+    catalog.put_item(item, "replace")
+    client = TestClient(create_app(Settings(), catalog=catalog))
+    query = "&".join(f"variables={v}" for v in TRUE_COLOR)
+    response = client.get(f"/collections/c/items/X/tiles/WebMercatorQuad/10/500/300.png?{query}")
+    assert response.status_code == 404, response.text
+    assert "no store" in response.text
