@@ -12,7 +12,7 @@ from cloudevents.conversion import to_binary
 from cloudevents.http import CloudEvent
 
 from geozarr_pipeline.attempts import AttemptJournal
-from geozarr_pipeline.cloudevent_http import handle_request
+from geozarr_pipeline.delivery import handle_request
 from geozarr_pipeline.errors import SourceNotFound, TransientError
 from geozarr_pipeline.events import ConvertDone, ConvertRequested, EventData, EventType, Stage
 from geozarr_pipeline.objects import FolderObjectStore
@@ -81,11 +81,11 @@ def test_each_transition_is_one_line_with_the_same_fields_and_one_attempt(
 ) -> None:
     journal = AttemptJournal(FolderObjectStore(tmp_path))
     event = requested(f"event-{outcome}")
-    with caplog.at_level(logging.INFO, logger="geozarr_pipeline.cloudevent_http"):
+    with caplog.at_level(logging.INFO, logger="geozarr_pipeline.delivery"):
         response = handle_request(request_for(event), Stage.CONVERT, run, lambda: journal)  # type: ignore[arg-type]
 
     assert response.status_code == status
-    lines = [r for r in caplog.records if r.name == "geozarr_pipeline.cloudevent_http"]
+    lines = [r for r in caplog.records if r.name == "geozarr_pipeline.delivery"]
     assert [r.__dict__["outcome"] for r in lines] == ["started", outcome]
     for line in lines:
         assert set(line.__dict__) >= FIELDS, FIELDS - set(line.__dict__)
@@ -144,7 +144,7 @@ def test_an_unusable_status_root_costs_a_warning_not_the_work(
     def broken() -> AttemptJournal:
         raise ValueError("status root 'https://x' must be a folder or an s3:// URL")
 
-    with caplog.at_level(logging.INFO, logger="geozarr_pipeline.cloudevent_http"):
+    with caplog.at_level(logging.INFO, logger="geozarr_pipeline.delivery"):
         response = handle_request(
             request_for(requested("no-journal")), Stage.CONVERT, converted, broken
         )

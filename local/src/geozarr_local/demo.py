@@ -149,7 +149,7 @@ def describe_store(output_url: str, env: dict[str, str]) -> list[str]:
     import xarray as xr
 
     from geozarr_pipeline.config import Settings
-    from geozarr_pipeline.convert.storage import s3_storage_options
+    from geozarr_pipeline.output_store import s3_storage_options
 
     s3_names = ("s3_endpoint_url", "s3_region", "s3_access_key_id", "s3_secret_access_key")
     given: dict[str, Any] = {n: env.get(f"GEOZARR_{n.upper()}") for n in s3_names}

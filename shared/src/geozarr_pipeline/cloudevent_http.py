@@ -1,4 +1,4 @@
-"""CloudEvents over HTTP for the stage functions: parse, validate, run, reply.
+"""CloudEvents over HTTP for the stage functions: parse, validate, reply (`delivery` runs them).
 
 One outcome per event: a stage answers every CloudEvent it receives with exactly one reply in
 the HTTP response (binary mode), which the broker publishes:
@@ -20,18 +20,14 @@ from __future__ import annotations
 
 import base64
 import json
-import logging
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from cloudevents.conversion import to_binary
 from cloudevents.exceptions import GenericException as CloudEventsError
 from cloudevents.http import CloudEvent, from_http
 from pydantic import ValidationError
 
-from geozarr_pipeline.attempts import AttemptJournal, AttemptOutcome, StageAttempt
 from geozarr_pipeline.errors import (
     EventTooLarge,
     InvalidEvent,
@@ -55,7 +51,6 @@ from geozarr_pipeline.events import (
     StageFailed,
     is_safe_id,
     json_depth,
-    quoted_value,
     reply_id,
     validation_problems,
 )
@@ -64,11 +59,6 @@ from geozarr_pipeline.redaction import quoted
 if TYPE_CHECKING:
     import flask
 
-log = logging.getLogger(__name__)
-
-StageRunner = Callable[[EventData], EventData]
-# Opened on the first event that names an item (a broken status root only costs a warning).
-JournalFactory = Callable[[], AttemptJournal]
 # Set on a request whose body was refused unread: its answer closes the connection.
 CLOSE_CONNECTION = "geozarr.close_connection"
 # Attributes that name things (and end up in logs and records): bounded like URLs.
@@ -209,7 +199,7 @@ def build_reply(stage: Stage, incoming: CloudEvent, result: EventData) -> CloudE
     return CloudEvent(attributes, result.model_dump(mode="json"))
 
 
-def _data_field(event: CloudEvent, name: str) -> str | None:
+def data_field(event: CloudEvent, name: str) -> str | None:
     """A string field of the event data, read leniently (the data may be what failed)."""
     try:
         payload = event_payload(event)
@@ -228,7 +218,7 @@ def build_failure(
     stays in the input event it carries).
     """
     item_id, collection = (
-        value if is_safe_id(value) else None for value in _item_of(data, incoming)
+        value if is_safe_id(value) else None for value in item_of(data, incoming)
     )
     subject = item_id or incoming.get("subject") or ""
     failure = StageFailed(
@@ -241,7 +231,7 @@ def build_failure(
             source=str(incoming["source"]),
             subject=incoming.get("subject"),
         ),
-        problem=_problem(error),
+        problem=problem_of(error),
         input_event=recorded_input(incoming),
         failed_at=utc_now(),
     )
@@ -270,25 +260,25 @@ def recorded_input(event: CloudEvent) -> dict[str, Any]:
     return {"attributes": attributes, "data_excerpt": quoted(excerpt), "data_bytes": size}
 
 
-def _response(status: int, body: str | bytes, headers: Mapping[str, str]) -> flask.Response:
+def response_of(status: int, body: str | bytes, headers: Mapping[str, str]) -> flask.Response:
     # flask is imported on first use: the broker and the dead-letter sink only parse events.
     import flask
 
     return flask.Response(body, status=status, headers=dict(headers))
 
 
-def _json_response(status: int, payload: Any) -> flask.Response:
-    return _response(status, json.dumps(payload), {"Content-Type": "application/json"})
+def json_response(status: int, payload: Any) -> flask.Response:
+    return response_of(status, json.dumps(payload), {"Content-Type": "application/json"})
 
 
 def error_response(error: PipelineError) -> flask.Response:
     status = status_code_for(error)
     body = error.to_body()
     body["message"] = quoted(error.message)
-    return _json_response(status, body)
+    return json_response(status, body)
 
 
-def _problem(error: PipelineError) -> Problem:
+def problem_of(error: PipelineError) -> Problem:
     return Problem(
         code=error.code,
         message=quoted(error.message),
@@ -298,9 +288,9 @@ def _problem(error: PipelineError) -> Problem:
     )
 
 
-def _item_of(data: EventData | None, event: CloudEvent) -> tuple[str | None, str | None]:
-    item_id = getattr(data, "item_id", None) or _data_field(event, "item_id")
-    collection = getattr(data, "collection", None) or _data_field(event, "collection")
+def item_of(data: EventData | None, event: CloudEvent) -> tuple[str | None, str | None]:
+    item_id = getattr(data, "item_id", None) or data_field(event, "item_id")
+    collection = getattr(data, "collection", None) or data_field(event, "collection")
     return item_id, collection
 
 
@@ -345,138 +335,3 @@ def read_body(request: flask.Request) -> bytes:
 def _refused_body(request: flask.Request) -> None:
     request._cached_data = b""  # never drained: see read_body
     request.environ[CLOSE_CONNECTION] = True
-
-
-class Delivery:
-    """One delivery's transitions: the log line of each, and its attempt record."""
-
-    def __init__(self, stage: Stage, journal: JournalFactory | None) -> None:
-        self.stage = stage
-        self.journal_factory = journal
-        self.journal: AttemptJournal | None = None
-        self.started = time.monotonic()
-        self.fields: dict[str, Any] = {"stage": stage.value}
-        self.attempt: StageAttempt | None = None
-
-    def identify(self, event: CloudEvent, data: EventData | None) -> None:
-        item_id, collection = (
-            value if value is None or is_safe_id(value) else quoted_value(value)
-            for value in _item_of(data, event)
-        )
-        self.fields.update(
-            event_id=event["id"],
-            event_type=event["type"],
-            item_id=item_id,
-            collection=collection,
-        )
-
-    def transition(
-        self, outcome: str, level: int = logging.INFO, *, exc_info: bool = False, **extra: Any
-    ) -> None:
-        """The one structured line of a transition: the same fields in every stage."""
-        duration = round(time.monotonic() - self.started, 3)
-        log.log(
-            level,
-            f"{self.stage.value} {outcome}",
-            exc_info=exc_info,
-            extra={**self.fields, "outcome": outcome, "duration_s": duration, **extra},
-        )
-
-    def start(self) -> None:
-        self.transition("started")
-        self._record_start()
-
-    def _open_journal(self) -> AttemptJournal | None:
-        """The attempt journal, or None with a warning: recording never stops the work."""
-        if self.journal is None and self.journal_factory is not None:
-            try:
-                self.journal = self.journal_factory()
-            except Exception as exc:  # noqa: BLE001  # settings or storage unusable: work on
-                self.journal_factory = None
-                log.warning(
-                    "stage attempts not recorded",
-                    extra={**self.fields, "error": quoted(str(exc))},
-                )
-        return self.journal
-
-    def _record_start(self) -> None:
-        item_id, collection = self.fields.get("item_id"), self.fields.get("collection")
-        # An id that is not safe names no item: nothing of an invalid event is recorded.
-        if not (is_safe_id(item_id) and is_safe_id(collection)):
-            return
-        if self._open_journal() is not None:
-            assert self.journal is not None
-            self.attempt = self.journal.start(
-                self.stage,
-                collection=collection,
-                item_id=item_id,
-                event_id=self.fields["event_id"],
-                event_type=self.fields["event_type"],
-            )
-
-    def finish(
-        self,
-        outcome: AttemptOutcome,
-        problem: Problem | None = None,
-        result: dict[str, Any] | None = None,
-    ) -> None:
-        if self.attempt is None:
-            self._record_start()  # a failure before the work started (e.g. invalid data)
-        if self.journal is not None and self.attempt is not None:
-            self.journal.finish(self.attempt, outcome, problem=problem, result=result)
-
-
-def handle_request(
-    request: flask.Request,
-    stage: Stage,
-    run: StageRunner,
-    journal: JournalFactory | None = None,
-) -> flask.Response:
-    """The whole life of one delivery: everything a stage entrypoint needs.
-
-    Every transition (started, done, failed, retry, crashed, refused) is one log line with
-    the same fields and, where the event names an item, a stage attempt record in `journal`.
-    """
-    delivery = Delivery(stage, journal)
-    delivery.fields["event_id"] = quoted(request.headers.get("ce-id", ""), 200)
-    try:
-        event = parse_event(dict(request.headers), read_body(request))
-    except InvalidEvent as exc:
-        delivery.transition("refused", logging.WARNING, problem=exc.code, error=quoted(exc.message))
-        response = error_response(exc)
-        if request.environ.get(CLOSE_CONNECTION):
-            response.headers["Connection"] = "close"
-        return response
-    data: EventData | None = None
-    try:
-        data = decode_input(stage, event)
-        delivery.identify(event, data)
-        delivery.start()
-        result = run(data)
-        reply = build_reply(stage, event, result)
-    except PermanentError as exc:
-        delivery.identify(event, data)
-        reply = build_failure(stage, event, exc, data)
-        problem = _problem(exc)
-        delivery.transition(
-            "failed", logging.WARNING, problem=exc.code, field=exc.field, error=problem.message
-        )
-        delivery.finish("failed", problem)
-    except PipelineError as exc:
-        problem = _problem(exc)
-        delivery.transition(
-            "retry", logging.WARNING, status=problem.status, problem=exc.code, error=problem.message
-        )
-        delivery.finish("retry", problem)
-        return error_response(exc)
-    except Exception:  # noqa: BLE001  # logged with its traceback and answered 500 (retried)
-        delivery.transition("crashed", logging.ERROR, exc_info=True)
-        crash = Problem(code="internal_error", message="unexpected", retryable=True, status=500)
-        delivery.finish("crashed", crash)
-        problem_body = {"error": "internal_error", "message": "unexpected failure; see the logs"}
-        return _json_response(500, problem_body)
-    else:
-        delivery.transition("done", reply_type=reply["type"])
-        delivery.finish("done", result=result.model_dump(mode="json"))
-    headers, body = to_binary(reply)
-    return _response(200, body, headers)

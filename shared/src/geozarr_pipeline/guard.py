@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable
 
 from geozarr_pipeline.errors import PipelineError
+from geozarr_pipeline.faults import s3_errors
 from geozarr_pipeline.redaction import redact
 
 Command = Callable[[argparse.Namespace], int]
@@ -18,12 +19,7 @@ def store_errors() -> tuple[type[Exception], ...]:
     """What the stores and services can raise: our error tree, I/O, and botocore's."""
     errors: list[type[Exception]] = [PipelineError, ValueError, OSError]
     with contextlib.suppress(ImportError):
-        from botocore.exceptions import (  # type: ignore[import-untyped]
-            BotoCoreError,
-            ClientError,
-        )
-
-        errors += [BotoCoreError, ClientError]
+        errors += s3_errors()
     return tuple(errors)
 
 

@@ -15,8 +15,9 @@ from urllib.parse import urlparse
 
 from geozarr_pipeline.config import Settings
 from geozarr_pipeline.errors import TransientError
+from geozarr_pipeline.faults import is_s3_absent, is_s3_conflict, s3_errors, s3_fault
 from geozarr_pipeline.files import write_atomic
-from geozarr_pipeline.s3 import NOT_FOUND_CODES, S3Client, error_code, s3_client
+from geozarr_pipeline.s3 import S3Client, s3_client
 
 
 class ObjectStore(ABC):
@@ -134,8 +135,6 @@ class S3ObjectStore(ObjectStore):
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def put(self, key: str, body: bytes, *, if_absent: bool = False) -> bool:
-        from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[import-untyped]
-
         extra = {"IfNoneMatch": "*"} if if_absent else {}
         try:
             self.client.put_object(
@@ -145,32 +144,24 @@ class S3ObjectStore(ObjectStore):
                 ContentType="application/json",
                 **extra,
             )
-        except ClientError as exc:
-            if if_absent and error_code(exc) == "PreconditionFailed":
+        except s3_errors() as exc:
+            if if_absent and is_s3_conflict(exc):
                 return False
-            raise TransientError(f"cannot write {key} to {self.location}: {exc}") from exc
-        except BotoCoreError as exc:
-            raise TransientError(f"cannot write {key} to {self.location}: {exc}") from exc
+            raise s3_fault(f"write of {key} to {self.location}", exc) from exc
         return True
 
     def get(self, key: str) -> bytes | None:
-        from botocore.exceptions import BotoCoreError, ClientError
-
         try:
             body: bytes = self.client.get_object(Bucket=self.bucket, Key=self._key(key))[
                 "Body"
             ].read()
-        except ClientError as exc:
-            if error_code(exc) in NOT_FOUND_CODES:
+        except s3_errors() as exc:
+            if is_s3_absent(exc):
                 return None
-            raise TransientError(f"cannot read {key} from {self.location}: {exc}") from exc
-        except BotoCoreError as exc:
-            raise TransientError(f"cannot read {key} from {self.location}: {exc}") from exc
+            raise s3_fault(f"read of {key} from {self.location}", exc) from exc
         return body
 
     def list_keys(self, prefix: str = "") -> list[str]:
-        from botocore.exceptions import BotoCoreError, ClientError
-
         full = self._key(prefix) if prefix else (f"{self.prefix}/" if self.prefix else "")
         strip = len(f"{self.prefix}/") if self.prefix else 0
         try:
@@ -180,20 +171,16 @@ class S3ObjectStore(ObjectStore):
             return sorted(
                 str(item["Key"])[strip:] for page in pages for item in page.get("Contents", [])
             )
-        except (ClientError, BotoCoreError) as exc:
-            raise TransientError(f"cannot list {self.location}: {exc}") from exc
+        except s3_errors() as exc:
+            raise s3_fault(f"listing of {self.location}", exc) from exc
 
     def delete(self, key: str) -> None:
-        from botocore.exceptions import BotoCoreError, ClientError
-
         try:
             self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
-        except (ClientError, BotoCoreError) as exc:
-            raise TransientError(f"cannot delete {key} from {self.location}: {exc}") from exc
+        except s3_errors() as exc:
+            raise s3_fault(f"delete of {key} from {self.location}", exc) from exc
 
     def children(self, prefix: str = "") -> list[str]:
-        from botocore.exceptions import BotoCoreError, ClientError
-
         full = self._key(prefix) if prefix else (f"{self.prefix}/" if self.prefix else "")
         try:
             pages = self.client.get_paginator("list_objects_v2").paginate(
@@ -204,12 +191,10 @@ class S3ObjectStore(ObjectStore):
                 for page in pages
                 for common in page.get("CommonPrefixes", [])
             )
-        except (ClientError, BotoCoreError) as exc:
-            raise TransientError(f"cannot list {self.location}: {exc}") from exc
+        except s3_errors() as exc:
+            raise s3_fault(f"listing of {self.location}", exc) from exc
 
     def usage(self, prefix: str = "") -> tuple[int, int]:
-        from botocore.exceptions import BotoCoreError, ClientError
-
         full = self._key(prefix) if prefix else (f"{self.prefix}/" if self.prefix else "")
         count = size = 0
         try:
@@ -220,8 +205,8 @@ class S3ObjectStore(ObjectStore):
                 for item in page.get("Contents", []):
                     count += 1
                     size += int(item.get("Size", 0))
-        except (ClientError, BotoCoreError) as exc:
-            raise TransientError(f"cannot list {self.location}: {exc}") from exc
+        except s3_errors() as exc:
+            raise s3_fault(f"listing of {self.location}", exc) from exc
         return count, size
 
     def close(self) -> None:

@@ -13,7 +13,6 @@ from geozarr_pipeline.config import Settings
 S3Client = Any
 
 DEFAULT_POOL_CONNECTIONS = 10
-NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 
 
 def s3_client(
@@ -51,11 +50,3 @@ def s3_client(
         ),
     )
     return client
-
-
-def error_code(exc: Exception) -> str:
-    """The S3 error code of a botocore ClientError ('' for any other exception)."""
-    response = getattr(exc, "response", None)
-    if isinstance(response, dict):
-        return str(response.get("Error", {}).get("Code", ""))
-    return ""

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 from geozarr_pipeline.attempts import process_journal
-from geozarr_pipeline.cloudevent_http import handle_request
 from geozarr_pipeline.config import Settings, get_settings
+from geozarr_pipeline.delivery import handle_request
 from geozarr_pipeline.errors import InvalidEvent
 from geozarr_pipeline.events import INPUT_MODELS, EventData, Stage
 from geozarr_pipeline.logs import configure_logging

@@ -19,8 +19,9 @@ import xarray as xr
 import zarr
 
 from geozarr_local.processes import ManagedProcess
+from geozarr_pipeline import output_store
 from geozarr_pipeline.config import Settings
-from geozarr_pipeline.convert import check, storage
+from geozarr_pipeline.convert import check
 from geozarr_pipeline.errors import InProgress, OutputCheckFailed, UnsupportedProduct
 from geozarr_pipeline.events import ConvertDone, ConvertRequested
 from geozarr_pipeline.stages import convert
@@ -76,10 +77,10 @@ def test_item_source_to_filesystem_then_noop_redelivery_then_force(
     assert Path(done.output_url) == expected_store.resolve()
     assert_complete_store(done, sample_server)
 
-    location = storage.output_for(settings, done.collection, done.item_id)
-    assert isinstance(location, storage.LocalOutput)
+    location = output_store.output_for(settings, done.collection, done.item_id)
+    assert isinstance(location, output_store.LocalOutput)
     marker = json.loads(location.marker.read_text())
-    assert marker["format"] == storage.MARKER_FORMAT
+    assert marker["format"] == output_store.MARKER_FORMAT
     assert marker["done"] == done.model_dump(mode="json")
     assert marker["options"] == {
         "spatial_chunk": 1024,
@@ -116,11 +117,11 @@ def test_direct_zarr_source_to_s3(
     assert done.source_item_url is None
     assert done.zarr_url == zarr_url
     keys = s3_server.keys(s3_bucket)
-    assert f"{prefix}{storage.MARKER_SUFFIX}" in keys
-    assert f"{prefix}{storage.LOCK_SUFFIX}" not in keys
+    assert f"{prefix}{output_store.MARKER_SUFFIX}" in keys
+    assert f"{prefix}{output_store.LOCK_SUFFIX}" not in keys
     assert f"{prefix}/zarr.json" in keys
     assert any(k.startswith(f"{prefix}/{REFL}/r720m/") for k in keys)
-    assert_complete_store(done, sample_server, storage.s3_storage_options(settings))
+    assert_complete_store(done, sample_server, output_store.s3_storage_options(settings))
     assert convert.run(event, settings) == done
     # The local staging copy is gone once uploaded.
     assert list((tmp_path / "work" / "staging" / "sentinel-2-l2a").iterdir()) == []
@@ -139,7 +140,7 @@ def test_s3_leftovers_of_a_crashed_attempt_are_replaced(
     client.put_object(Bucket=s3_bucket, Key=f"{prefix}.lock", Body=json.dumps(lease))
     done = convert.run(item_event(sample_server), settings)
     assert f"{prefix}/{REFL}/r10m/b02/c/9/9" not in s3_server.keys(s3_bucket)
-    assert_complete_store(done, sample_server, storage.s3_storage_options(settings))
+    assert_complete_store(done, sample_server, output_store.s3_storage_options(settings))
 
 
 def test_concurrent_deliveries_leave_one_valid_store(
@@ -147,8 +148,8 @@ def test_concurrent_deliveries_leave_one_valid_store(
 ) -> None:
     settings = local_settings(tmp_path)
     event = item_event(sample_server)
-    location = storage.output_for(settings, event.collection, event.resolved_item_id)
-    assert isinstance(location, storage.LocalOutput)
+    location = output_store.output_for(settings, event.collection, event.resolved_item_id)
+    assert isinstance(location, output_store.LocalOutput)
     results: list[ConvertDone | BaseException] = []
 
     def deliver() -> None:
@@ -243,8 +244,8 @@ def test_killed_midway_then_redelivered_ends_complete(
     log = tmp_path / "convert.log"
     process = _convert_process(_env(settings), event, log).start()
     _kill_when(process, log, f'"group": "/{REFL}/r20m"')
-    location = storage.output_for(settings, event.collection, event.resolved_item_id)
-    assert isinstance(location, storage.LocalOutput)
+    location = output_store.output_for(settings, event.collection, event.resolved_item_id)
+    assert isinstance(location, output_store.LocalOutput)
     assert location.read_marker() is None
     assert not location.store.exists()  # never published half-written
     assert any(location.staging_folder.iterdir())  # the dead attempt's partial store
@@ -267,7 +268,7 @@ def test_killed_on_s3_waits_for_the_lease_then_completes(
         convert.run(event, settings)  # redelivered at once: the dead holder's lease still runs
     time.sleep(max(0.0, 3.2 - (time.monotonic() - killed_at)))
     done = convert.run(event, settings)
-    assert_complete_store(done, sample_server, storage.s3_storage_options(settings))
+    assert_complete_store(done, sample_server, output_store.s3_storage_options(settings))
 
 
 def test_a_store_failing_its_check_is_never_published(
@@ -285,8 +286,8 @@ def test_a_store_failing_its_check_is_never_published(
     with pytest.raises(OutputCheckFailed, match="r10m/b04") as caught:
         convert.run(event, settings)
     assert not caught.value.retryable
-    location = storage.output_for(settings, event.collection, event.resolved_item_id)
-    assert isinstance(location, storage.LocalOutput)
+    location = output_store.output_for(settings, event.collection, event.resolved_item_id)
+    assert isinstance(location, output_store.LocalOutput)
     assert location.read_marker() is None
     assert not location.store.exists()
     assert list(location.staging_folder.iterdir()) == []
@@ -300,7 +301,7 @@ def test_keep_scale_offset_dn1000_nodata_is_repaired_by_the_stage(
 ) -> None:
     settings = local_settings(tmp_path)
     done = convert.run(item_event(sample_server, keep_scale_offset=True), settings)
-    location = storage.output_for(settings, done.collection, done.item_id)
+    location = output_store.output_for(settings, done.collection, done.item_id)
     marker = location.read_marker()
     assert marker is not None
     repaired = marker["check"]["repaired"]

@@ -29,7 +29,6 @@ from packaging.version import Version
 from geozarr_local.processes import LOOPBACK, free_port
 from geozarr_pipeline.cli import main
 from geozarr_pipeline.config import Settings
-from geozarr_pipeline.convert.storage import MARKER_FORMAT, output_for
 from geozarr_pipeline.events import ConvertDone, EventType
 from geozarr_pipeline.operations.backfill import (
     Action,
@@ -41,6 +40,7 @@ from geozarr_pipeline.operations.backfill import (
     plan_item,
     run_backfill,
 )
+from geozarr_pipeline.output_store import MARKER_FORMAT, output_for
 from geozarr_pipeline.submit import Submission, make_submission, submit_http
 from tests.fixtures.rabbitmq import RabbitMQ
 from tests.fixtures.stac_api import StacApiInfo

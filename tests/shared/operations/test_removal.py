@@ -15,10 +15,10 @@ from typing import Any
 import httpx
 import pytest
 
+from geozarr_pipeline import output_store
 from geozarr_pipeline.catalog import opened_catalog
 from geozarr_pipeline.cli import main
 from geozarr_pipeline.config import Settings
-from geozarr_pipeline.convert import storage
 from geozarr_pipeline.operations import removal
 from tests.fixtures.s3 import S3Server
 from tests.fixtures.stac_api import FaultProxy, StacApiInfo
@@ -129,7 +129,7 @@ def make_output(
 ) -> str:
     """A small converted output the way convert makes one (staged, published, then marked),
     and its catalog item; the store URL."""
-    with storage.output_for(settings, collection, item_id) as location:
+    with output_store.output_for(settings, collection, item_id) as location:
         location.prepare()
         if store:
             staged = Path(location.write_url)
@@ -142,7 +142,7 @@ def make_output(
             stamp = (completed_at or datetime.now(UTC)).isoformat(timespec="seconds")
             location.write_marker(
                 {
-                    "format": storage.MARKER_FORMAT,
+                    "format": output_store.MARKER_FORMAT,
                     "done": {"item_id": item_id},
                     "completed_at": stamp,
                 }
@@ -179,7 +179,7 @@ def _items(settings: Settings, collection: str, *ids: str) -> set[str]:
 def _outputs(settings: Settings) -> dict[str, tuple[bool, bool]]:
     return {
         f"{o.collection}/{o.item_id}": (o.marker_present, o.store_present)
-        for o in storage.iter_outputs(settings)
+        for o in output_store.iter_outputs(settings)
     }
 
 
@@ -243,8 +243,8 @@ def test_delete_removes_item_then_store_and_writes_an_audit_record(
     settings = local.settings()
     url = make_output(settings, "S2A_GONE", OLD)
     make_output(settings, "S2A_KEPT", OLD)
-    location = storage.output_for(settings, COLLECTION, "S2A_GONE")
-    assert isinstance(location, storage.LocalOutput)
+    location = output_store.output_for(settings, COLLECTION, "S2A_GONE")
+    assert isinstance(location, output_store.LocalOutput)
     # A staging leftover of a killed conversion and the lock file of a finished one.
     leftover = location.staging_folder / "S2A_GONE.zarr.0123456789ab"
     (leftover / "b").mkdir(parents=True)
@@ -339,7 +339,7 @@ def test_delete_refuses_while_a_conversion_holds_the_lease(
 ) -> None:
     settings = local.settings()
     make_output(settings, "S2A_BUSY", OLD)
-    lease = storage.output_for(settings, COLLECTION, "S2A_BUSY").acquire(30)
+    lease = output_store.output_for(settings, COLLECTION, "S2A_BUSY").acquire(30)
     try:
         before = local.everything()
         assert main(["delete", "S2A_BUSY", "--collection", COLLECTION]) == 1
@@ -364,8 +364,8 @@ def test_a_removal_that_stops_half_way_is_recorded_and_fails(
     elsewhere.mkdir(parents=True)
     (elsewhere / "zarr.json").write_text("{}")
     make_output(settings, "S2A_LINK", OLD, store=False)
-    location = storage.output_for(settings, COLLECTION, "S2A_LINK")
-    assert isinstance(location, storage.LocalOutput)
+    location = output_store.output_for(settings, COLLECTION, "S2A_LINK")
+    assert isinstance(location, output_store.LocalOutput)
     location.store.symlink_to(elsewhere, target_is_directory=True)
 
     assert main(["delete", "S2A_LINK", "--collection", COLLECTION, "--json"]) == 1
@@ -510,7 +510,7 @@ def test_cleanup_apply_deletes_exactly_the_expired(
 
 def test_cleanup_skips_a_running_conversion(aged: Env, capsys: pytest.CaptureFixture[str]) -> None:
     settings = aged.settings()
-    lease = storage.output_for(settings, COLLECTION, "OLD_A").acquire(30)
+    lease = output_store.output_for(settings, COLLECTION, "OLD_A").acquire(30)
     try:
         assert main(["cleanup", "--older-than", "30d", "--collection", COLLECTION, "--apply"]) == 0
     finally:
@@ -576,8 +576,8 @@ def test_s3_delete_and_cleanup(on_s3: Env, capsys: pytest.CaptureFixture[str]) -
 
     remaining = on_s3.s3.keys(on_s3.bucket, f"geozarr/{COLLECTION}/")
     assert {k.split("/")[2].split(".zarr")[0] for k in remaining} == {"RECENT", "ORPHAN_NEW"}
-    assert f"geozarr/{COLLECTION}/RECENT.zarr{storage.MARKER_SUFFIX}" in remaining
-    assert not [k for k in remaining if k.endswith(storage.LOCK_SUFFIX)]
+    assert f"geozarr/{COLLECTION}/RECENT.zarr{output_store.MARKER_SUFFIX}" in remaining
+    assert not [k for k in remaining if k.endswith(output_store.LOCK_SUFFIX)]
     assert on_s3.s3.keys(on_s3.bucket, "geozarr/_failures/") == ["geozarr/_failures/x.json"]
     assert _items(settings, COLLECTION, "OLD_A", "RECENT", "DOOMED") == {"RECENT"}
 
@@ -587,7 +587,7 @@ def test_s3_delete_refuses_while_a_conversion_holds_the_lease(
 ) -> None:
     settings = on_s3.settings()
     make_output(settings, "BUSY", OLD)
-    lease = storage.output_for(settings, COLLECTION, "BUSY").acquire(30)
+    lease = output_store.output_for(settings, COLLECTION, "BUSY").acquire(30)
     try:
         before = on_s3.everything()
         assert main(["delete", "BUSY", "--collection", COLLECTION]) == 1

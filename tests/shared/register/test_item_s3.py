@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from geozarr_pipeline.config import Settings
-from geozarr_pipeline.convert.storage import output_for
+from geozarr_pipeline.output_store import output_for
 from geozarr_pipeline.stac.validate import validation_errors
 from geozarr_pipeline.stages.register import build_registered_item
 from tests.fixtures.s3 import S3Server

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import httpx
 
 from geozarr_pipeline.errors import TransientError, UpstreamRejected
+from geozarr_pipeline.faults import TRANSIENT_STATUSES
 from geozarr_pipeline.redaction import register_secrets
 
 Clock = Callable[[], float]
@@ -82,7 +83,7 @@ class OidcClientCredentials:
             )
         except httpx.HTTPError as exc:
             raise TransientError(f"token endpoint unreachable: {type(exc).__name__}") from exc
-        if response.status_code >= 500 or response.status_code in (408, 429):
+        if response.status_code in TRANSIENT_STATUSES:
             raise TransientError(f"token endpoint answered {response.status_code}")
         if response.status_code >= 400:
             raise UpstreamRejected(

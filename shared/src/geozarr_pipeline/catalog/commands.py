@@ -11,8 +11,8 @@ from geozarr_pipeline.guard import guarded
 
 
 def _register(args: argparse.Namespace) -> int:
+    from geozarr_pipeline import output_store
     from geozarr_pipeline.config import read_settings
-    from geozarr_pipeline.convert import storage
     from geozarr_pipeline.events import ConvertDone
     from geozarr_pipeline.stages import register
 
@@ -20,8 +20,8 @@ def _register(args: argparse.Namespace) -> int:
     if args.mode:
         overrides["register_mode"] = args.mode
     settings = read_settings().model_copy(update=overrides)
-    with storage.output_for(settings, args.collection, args.item_id) as location:
-        marker = storage.completed_marker(location)
+    with output_store.output_for(settings, args.collection, args.item_id) as location:
+        marker = output_store.completed_marker(location)
         if marker is None:
             print(
                 f"register-store: no completed conversion of {args.collection}/{args.item_id} "

@@ -33,9 +33,9 @@ from geozarr_pipeline.errors import (
     TransientError,
     UpstreamRejected,
 )
+from geozarr_pipeline.faults import TRANSIENT_STATUSES
 
 log = logging.getLogger(__name__)
-TRANSIENT_STATUS = frozenset({408, 429}) | frozenset(range(500, 600))
 MAX_RETRY_AFTER_SECONDS = 10.0
 CONCURRENT_WRITE_ATTEMPTS = 5
 
@@ -118,7 +118,7 @@ class StacApiCatalog:
                     refreshed = True
                     if self.auth.invalidate():
                         continue  # once, with a fresh token
-                if response.status_code not in TRANSIENT_STATUS:
+                if response.status_code not in TRANSIENT_STATUSES:
                     return response
                 failure = f"HTTP {response.status_code}"
             if attempt >= self.retries:

@@ -25,9 +25,9 @@ from typing import Any
 
 from geozarr_pipeline.config import Settings
 from geozarr_pipeline.convert.sources import local_path, storage_options
-from geozarr_pipeline.convert.storage import is_s3
 from geozarr_pipeline.errors import SourceNotFound, TransientError, UnsupportedProduct
 from geozarr_pipeline.events import ConversionOptions
+from geozarr_pipeline.output_store import is_s3
 
 log = logging.getLogger(__name__)
 

@@ -18,13 +18,9 @@ from urllib.parse import unquote, urlparse
 import httpx
 
 from geozarr_pipeline.config import Settings
-from geozarr_pipeline.errors import (
-    InvalidInput,
-    RateLimited,
-    SourceNotFound,
-    TransientError,
-    UnsupportedProduct,
-)
+from geozarr_pipeline.errors import InvalidInput, SourceNotFound, UnsupportedProduct
+from geozarr_pipeline.faults import http_probe
+from geozarr_pipeline.stac.source import fetch_source_item
 from geozarr_pipeline.urlpolicy import check_url, fsspec_http_options, policy_client
 
 SENTINEL2_PRODUCT_TYPES = frozenset({"S02MSIL1C", "S02MSIL2A"})
@@ -70,51 +66,6 @@ def storage_options(url: str, settings: Settings) -> dict[str, Any] | None:
 def http_client(settings: Settings) -> httpx.Client:
     """The client of the item and metadata fetches: every hop passes the URL policy."""
     return policy_client(settings, user_agent="geozarr-pipeline-convert")
-
-
-def _get(client: httpx.Client, url: str, what: str) -> httpx.Response | None:
-    """GET a URL: None for 404/410, a classified error for other failures."""
-    try:
-        response = client.get(url)
-    except httpx.TimeoutException as exc:
-        raise TransientError(f"timeout fetching {what} {url}: {exc}") from exc
-    except httpx.TransportError as exc:
-        raise TransientError(f"network error fetching {what} {url}: {exc}") from exc
-    except httpx.TooManyRedirects as exc:
-        raise InvalidInput(f"too many redirects fetching {what} {url}") from exc
-    status = response.status_code
-    if status in (404, 410):
-        return None
-    if status == 429:
-        raise RateLimited(f"{what} {url} answered 429 Too Many Requests")
-    if status >= 500 or status == 408:
-        raise TransientError(f"{what} {url} answered {status}")
-    if status >= 400:
-        raise SourceNotFound(f"{what} {url} answered {status}: {response.text[:200]}")
-    return response
-
-
-def fetch_item(url: str, settings: Settings, client: httpx.Client) -> dict[str, Any]:
-    check_url(url, settings, what="source item URL")
-    if urlparse(url).scheme.lower() == "file":
-        path = Path(local_path(url))
-        if not path.is_file():
-            raise SourceNotFound(f"source item {url} does not exist")
-        text = path.read_text()
-    else:
-        response = _get(client, url, "source item")
-        if response is None:
-            raise SourceNotFound(f"source item {url} does not exist (404)")
-        text = response.text
-    try:
-        item = json.loads(text)
-    except ValueError as exc:
-        raise InvalidInput(f"source item {url} is not JSON: {exc}") from exc
-    if not isinstance(item, dict) or item.get("type") != "Feature":
-        raise InvalidInput(f"{url} is neither a STAC item (type Feature) nor a .zarr URL")
-    if not isinstance(item.get("assets"), dict):
-        raise InvalidInput(f"source item {url} has no assets")
-    return item
 
 
 def _is_zarr_asset(asset: dict[str, Any]) -> bool:
@@ -181,7 +132,7 @@ def resolve_source(
     owns_client = client is None
     active = client or http_client(settings)
     try:
-        item = fetch_item(source_url, settings, active)
+        item = fetch_source_item(source_url, active)
     finally:
         if owns_client:
             active.close()
@@ -207,9 +158,9 @@ def read_root_metadata(
         owns_client = client is None
         active = client or http_client(settings)
         try:
-            response = _get(active, f"{zarr_url}/.zmetadata", "product metadata")
+            response = http_probe(active, f"{zarr_url}/.zmetadata", "product metadata")
             if response is None:
-                v3 = _get(active, f"{zarr_url}/zarr.json", "product metadata")
+                v3 = http_probe(active, f"{zarr_url}/zarr.json", "product metadata")
                 if v3 is None:
                     raise SourceNotFound(f"no Zarr product at {zarr_url} (no .zmetadata)")
                 text = v3.text

@@ -228,9 +228,9 @@ def completed_conversion(
     settings: Settings, collection: str, item_id: str
 ) -> dict[str, Any] | None:
     """The convert stage's completion marker if the item is converted, the way the stage
-    itself decides it (`storage.completed_marker`)."""
-    from geozarr_pipeline.convert.storage import completed_marker, output_for
+    itself decides it (`output_store.completed_marker`)."""
     from geozarr_pipeline.errors import PipelineError
+    from geozarr_pipeline.output_store import completed_marker, output_for
 
     try:
         with output_for(settings, collection, item_id) as location:

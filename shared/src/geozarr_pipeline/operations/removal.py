@@ -43,17 +43,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
+from geozarr_pipeline import output_store
 from geozarr_pipeline.attempts import open_attempt_journal
 from geozarr_pipeline.catalog import Catalog, opened_catalog
 from geozarr_pipeline.config import Settings, read_settings
-from geozarr_pipeline.convert import storage
-from geozarr_pipeline.convert.storage import OutputInfo
 from geozarr_pipeline.errors import InProgress, SourceNotFound, TransientError
 from geozarr_pipeline.failures.records import FailureRecord
 from geozarr_pipeline.failures.resolutions import open_resolution_log
 from geozarr_pipeline.failures.store import open_failure_store
 from geozarr_pipeline.guard import guarded, say, store_errors
 from geozarr_pipeline.objects import ObjectStore, open_object_store
+from geozarr_pipeline.output_store import OutputInfo
 
 AUDIT_FOLDER = "_audit/deletions"
 AUDIT_FORMAT = "geozarr-pipeline/deletion/1"
@@ -200,10 +200,10 @@ class Remover:
         """Delete the item, then its output. `still_selected` re-checks the output under the
         lease (cleanup); ConversionRunning if a conversion holds the lease."""
         with (
-            storage.output_for(self.settings, collection, item_id) as location,
+            output_store.output_for(self.settings, collection, item_id) as location,
             self._held(location),
         ):
-            output = storage.output_info(self.settings, collection, item_id)
+            output = output_store.output_info(self.settings, collection, item_id)
             if still_selected is not None and not still_selected(output):
                 return Outcome("skipped")
             item_deleted = self.catalog.delete_item(collection, item_id)
@@ -247,17 +247,17 @@ class Remover:
             journal.close()
 
     @contextlib.contextmanager
-    def _held(self, location: storage.OutputLocation) -> Iterator[None]:
+    def _held(self, location: output_store.OutputLocation) -> Iterator[None]:
         with contextlib.ExitStack() as stack:
             try:
                 stack.enter_context(
-                    storage.removal_lease(location, self.settings.convert_lease_seconds)
+                    output_store.removal_lease(location, self.settings.convert_lease_seconds)
                 )
             except InProgress as exc:
                 raise ConversionRunning(str(exc)) from exc
             yield
 
-    def _clear(self, location: storage.OutputLocation, record: Record) -> None:
+    def _clear(self, location: output_store.OutputLocation, record: Record) -> None:
         """Marker, store, leftovers; a removal that stops half-way is recorded as such."""
         try:
             location.clear()
@@ -269,7 +269,7 @@ class Remover:
 
     def _check_gone(self, collection: str, item_id: str, url: str) -> None:
         """A store that outlived its removal is an error, never a silent success."""
-        if storage.output_info(self.settings, collection, item_id) is not None:
+        if output_store.output_info(self.settings, collection, item_id) is not None:
             raise TransientError(f"{url} (or its marker) is still there after its removal")
 
     def _record(
@@ -345,8 +345,8 @@ def _item_exists(catalog: Catalog, collection: str, item_id: str) -> bool:
 
 def _delete_plan(settings: Settings, catalog: Catalog, collection: str, item_id: str) -> Record:
     """What `delete` would do, looked up without changing anything."""
-    with storage.output_for(settings, collection, item_id) as location:
-        output = storage.output_info(settings, collection, item_id)
+    with output_store.output_for(settings, collection, item_id) as location:
+        output = output_store.output_info(settings, collection, item_id)
         running = location.lease_held()
         url = location.url
     exists = _item_exists(catalog, collection, item_id)
@@ -423,7 +423,7 @@ def _delete(args: argparse.Namespace) -> int:
                 "collection": args.collection,
                 "item_id": args.item_id,
                 "item_url": catalog.item_url(args.collection, args.item_id),
-                "store_url": storage.output_for(settings, args.collection, args.item_id).url,
+                "store_url": output_store.output_for(settings, args.collection, args.item_id).url,
             }
             if args.json:
                 _json_line(found)
@@ -527,7 +527,8 @@ def _cleanup(args: argparse.Namespace) -> int:
     settings = read_settings()
     now = datetime.now(UTC)
     cutoff = now - args.older_than.delta
-    outputs = [o for o in storage.iter_outputs(settings, args.collection) if _expired(o, cutoff)]
+    listed = output_store.iter_outputs(settings, args.collection)
+    outputs = [o for o in listed if _expired(o, cutoff)]
     with opened_catalog(settings) as catalog:
         if not args.apply:
             candidates = [_candidate(output, catalog, now) for output in outputs]

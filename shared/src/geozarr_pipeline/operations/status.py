@@ -31,7 +31,6 @@ from geozarr_pipeline.attempts import (
 )
 from geozarr_pipeline.catalog import Catalog, opened_catalog
 from geozarr_pipeline.config import Settings, read_settings
-from geozarr_pipeline.convert.storage import completed_marker, is_s3, iter_outputs, output_for
 from geozarr_pipeline.errors import SourceNotFound
 from geozarr_pipeline.events import Stage, check_safe_id, is_safe_id
 from geozarr_pipeline.failures.records import FailureRecord
@@ -39,6 +38,7 @@ from geozarr_pipeline.failures.resolutions import ResolutionLog, open_resolution
 from geozarr_pipeline.failures.store import open_failure_store
 from geozarr_pipeline.guard import say, store_errors
 from geozarr_pipeline.objects import open_object_store
+from geozarr_pipeline.output_store import completed_marker, is_s3, iter_outputs, output_for
 from geozarr_pipeline.s3 import S3Client, s3_client
 
 STAGES = (Stage.CONVERT, Stage.REGISTER, Stage.AUGMENT)

@@ -2,35 +2,42 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlparse
 
 import httpx
 
-from geozarr_pipeline.errors import InvalidInput, RateLimited, SourceNotFound, TransientError
+from geozarr_pipeline.errors import InvalidInput, SourceNotFound
+from geozarr_pipeline.faults import http_read
 from geozarr_pipeline.stac.store import StoreReader
+
+ACCEPT_ITEM = {"Accept": "application/geo+json, application/json"}
 
 
 def fetch_source_item(url: str, client: httpx.Client) -> dict[str, Any]:
-    """GET a STAC item; 404/410 is a permanent SourceNotFound; 408, 429, 5xx and network
-    errors are transient."""
+    """The source STAC item at `url` (http(s), or file:// in local mode).
+
+    The caller has checked `url` against the URL policy; `client` checks every redirect hop.
+    Faults are classified by `faults`: absent or denied is a permanent SourceNotFound, 408,
+    429, 5xx and network errors are transient, and a document that is no item is invalid.
+    """
+    if urlparse(url).scheme.lower() == "file":
+        path = Path(unquote(urlparse(url).path))
+        if not path.is_file():
+            raise SourceNotFound(f"source item {url} does not exist")
+        text = path.read_text()
+    else:
+        text = http_read(client, url, "source item", headers=ACCEPT_ITEM).text
     try:
-        response = client.get(url, headers={"Accept": "application/geo+json, application/json"})
-    except httpx.HTTPError as exc:
-        raise TransientError(f"cannot fetch source item {url}: {exc}") from exc
-    if response.status_code in (404, 410):
-        raise SourceNotFound(f"source item {url} does not exist ({response.status_code})")
-    if response.status_code == 429:
-        raise RateLimited(f"source item {url}: rate limited")
-    if response.status_code >= 500 or response.status_code == 408:
-        raise TransientError(f"source item {url} answered {response.status_code}")
-    if response.status_code >= 400:
-        raise InvalidInput(f"source item {url} answered {response.status_code}")
-    try:
-        item = response.json()
+        item = json.loads(text)
     except ValueError as exc:
         raise InvalidInput(f"source item {url} is not JSON: {exc}") from exc
     if not isinstance(item, dict) or item.get("type") != "Feature":
-        raise InvalidInput(f"{url} is not a STAC item")
+        raise InvalidInput(f"{url} is neither a STAC item (type Feature) nor a .zarr URL")
+    if not isinstance(item.get("assets"), dict):
+        raise InvalidInput(f"source item {url} has no assets")
     return item
 
 

@@ -17,8 +17,8 @@ from urllib.parse import unquote, urlparse
 import httpx
 
 from geozarr_pipeline.config import Settings
-from geozarr_pipeline.errors import InvalidInput, OutputCheckFailed, RateLimited, TransientError
-from geozarr_pipeline.s3 import NOT_FOUND_CODES
+from geozarr_pipeline.errors import InvalidInput, OutputCheckFailed
+from geozarr_pipeline.faults import http_probe, s3_errors, s3_fault, s3_request
 
 ZARR_JSON = "zarr.json"
 
@@ -134,18 +134,9 @@ class HttpReader:
 
     def read_json(self, path: str) -> dict[str, Any] | None:
         url = f"{self.base_url}/{path}"
-        try:
-            response = self.client.get(url)
-        except httpx.HTTPError as exc:
-            raise TransientError(f"cannot read {url}: {exc}") from exc
-        if response.status_code in (403, 404):
+        response = http_probe(self.client, url, "store document")
+        if response is None:
             return None
-        if response.status_code == 429:
-            raise RateLimited(f"{url}: rate limited")
-        if response.status_code >= 500 or response.status_code == 408:
-            raise TransientError(f"{url} answered {response.status_code}")
-        if response.status_code >= 400:
-            raise InvalidInput(f"{url} answered {response.status_code}")
         return _document(response.content, url)
 
     def list_children(self, path: str) -> list[str]:
@@ -172,34 +163,29 @@ class S3Reader:
         return f"{self.prefix}/{path}".strip("/") if self.prefix else path
 
     def read_json(self, path: str) -> dict[str, Any] | None:
-        from botocore.exceptions import (  # type: ignore[import-untyped]
-            BotoCoreError,
-            ClientError,
+        where = f"s3://{self.bucket}/{self._key(path)}"
+        reply = s3_request(
+            f"read of {where}", self.client.get_object, Bucket=self.bucket, Key=self._key(path)
         )
-
+        if reply is None:
+            return None
         try:
-            body = self.client.get_object(Bucket=self.bucket, Key=self._key(path))["Body"].read()
-        except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "")
-            if code in NOT_FOUND_CODES:
-                return None
-            raise TransientError(
-                f"cannot read s3://{self.bucket}/{self._key(path)}: {code}"
-            ) from exc
-        except BotoCoreError as exc:
-            raise TransientError(
-                f"cannot read s3://{self.bucket}/{self._key(path)}: {exc}"
-            ) from exc
-        return _document(body, f"s3://{self.bucket}/{self._key(path)}")
+            body = reply["Body"].read()
+        except s3_errors() as exc:
+            raise s3_fault(f"read of {where}", exc) from exc
+        return _document(body, where)
 
     def list_children(self, path: str) -> list[str]:
         prefix = self._key(path)
         prefix = f"{prefix}/" if prefix else ""
         names: list[str] = []
         paginator = self.client.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix, Delimiter="/"):
-            for common in page.get("CommonPrefixes", []):
-                names.append(common["Prefix"][len(prefix) :].rstrip("/"))
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix, Delimiter="/"):
+                for common in page.get("CommonPrefixes", []):
+                    names.append(common["Prefix"][len(prefix) :].rstrip("/"))
+        except s3_errors() as exc:
+            raise s3_fault(f"listing of s3://{self.bucket}/{prefix}", exc) from exc
         return sorted(names)
 
     def close(self) -> None:

@@ -14,24 +14,25 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+from geozarr_pipeline import output_store
 from geozarr_pipeline.config import Settings
-from geozarr_pipeline.convert import check, engine, sources, storage
+from geozarr_pipeline.convert import check, engine, sources
 from geozarr_pipeline.convert.progress import Progress
 from geozarr_pipeline.errors import OutputCheckFailed
 from geozarr_pipeline.events import ConvertDone, ConvertRequested
 from geozarr_pipeline.provenance import pipeline_version
 
 
-def finished(location: storage.OutputLocation) -> ConvertDone | None:
+def finished(location: output_store.OutputLocation) -> ConvertDone | None:
     """The reply recorded by a completed conversion, if its store is still there."""
-    marker = storage.completed_marker(location)
+    marker = output_store.completed_marker(location)
     return None if marker is None else ConvertDone.model_validate(marker["done"])
 
 
 def run(event: ConvertRequested, settings: Settings) -> ConvertDone:
     item_id = event.resolved_item_id
     progress = Progress(item_id, event.collection)
-    with storage.output_for(settings, event.collection, item_id) as location:
+    with output_store.output_for(settings, event.collection, item_id) as location:
         done = _already_done(event, location, progress)
         if done is not None:
             return done
@@ -52,7 +53,7 @@ def run(event: ConvertRequested, settings: Settings) -> ConvertDone:
 
 
 def _already_done(
-    event: ConvertRequested, location: storage.OutputLocation, progress: Progress
+    event: ConvertRequested, location: output_store.OutputLocation, progress: Progress
 ) -> ConvertDone | None:
     done = None if event.options.force else finished(location)
     if done is not None:
@@ -65,8 +66,8 @@ def _convert(
     settings: Settings,
     source: sources.SourceProduct,
     options: engine.EffectiveOptions,
-    location: storage.OutputLocation,
-    lease: storage.Lease,
+    location: output_store.OutputLocation,
+    lease: output_store.Lease,
     progress: Progress,
 ) -> ConvertDone:
     location.clear()
@@ -99,7 +100,7 @@ def _write_and_check(
     settings: Settings,
     source: sources.SourceProduct,
     options: engine.EffectiveOptions,
-    location: storage.OutputLocation,
+    location: output_store.OutputLocation,
     progress: Progress,
 ) -> check.CheckReport:
     import zarr
@@ -131,7 +132,7 @@ def _write_and_check(
         raise
 
 
-def _open_output(location: storage.OutputLocation, *, consolidated: bool) -> Any:
+def _open_output(location: output_store.OutputLocation, *, consolidated: bool) -> Any:
     import zarr
 
     return zarr.open_group(
@@ -150,7 +151,7 @@ class NativeCheck:
     off the critical path. It runs after the conversion if the levels never showed up.
     """
 
-    def __init__(self, checker: check.OutputChecker, location: storage.OutputLocation) -> None:
+    def __init__(self, checker: check.OutputChecker, location: output_store.OutputLocation) -> None:
         self.checker = checker
         self.location = location
         self.pending = set(checker.native_groups)
@@ -190,7 +191,7 @@ def _marker(
     progress: Progress,
 ) -> dict[str, Any]:
     return {
-        "format": storage.MARKER_FORMAT,
+        "format": output_store.MARKER_FORMAT,
         "done": done.model_dump(mode="json"),
         "options": options.as_dict(),
         "check": report.as_dict(),

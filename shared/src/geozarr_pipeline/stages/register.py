@@ -15,9 +15,9 @@ from typing import Any
 
 import httpx
 
+from geozarr_pipeline import output_store
 from geozarr_pipeline.catalog import Catalog, opened_catalog
 from geozarr_pipeline.config import Settings
-from geozarr_pipeline.convert import storage
 from geozarr_pipeline.errors import InvalidInput, OutputCheckFailed
 from geozarr_pipeline.events import ConvertDone, RegisterDone, quoted_value
 from geozarr_pipeline.provenance import (
@@ -52,7 +52,7 @@ def converted_store(event: ConvertDone, settings: Settings) -> Conversion:
     with: an event naming another store, a leftover, a folder without data, or a source other
     than the one converted is refused before anything is read.
     """
-    with storage.output_for(settings, event.collection, event.item_id) as location:
+    with output_store.output_for(settings, event.collection, event.item_id) as location:
         expected = location.url.rstrip("/")
         if event.output_url.rstrip("/") != expected:
             raise InvalidInput(
@@ -60,7 +60,7 @@ def converted_store(event: ConvertDone, settings: Settings) -> Conversion:
                 f"writes for {event.collection}/{event.item_id} ({expected})",
                 field="output_url",
             )
-        marker = storage.completed_marker(location)
+        marker = output_store.completed_marker(location)
     if marker is None:
         raise InvalidInput(
             f"no completed conversion of {event.collection}/{event.item_id} at {expected} "

@@ -48,11 +48,11 @@ from pydantic import ValidationError
 from geozarr_pipeline.config import Settings
 from geozarr_pipeline.errors import InProgress, InvalidInput, TransientError
 from geozarr_pipeline.events import ConvertDone, check_safe_id
+from geozarr_pipeline.faults import is_s3_absent, is_s3_conflict, s3_errors, s3_fault, s3_request
 from geozarr_pipeline.files import write_atomic
 from geozarr_pipeline.provenance import MARKER_FORMAT as MARKER_FORMAT  # re-exported
 from geozarr_pipeline.provenance import MARKER_SUFFIX
-from geozarr_pipeline.redaction import quoted
-from geozarr_pipeline.s3 import NOT_FOUND_CODES, S3Client, error_code, s3_client
+from geozarr_pipeline.s3 import S3Client, s3_client
 
 UPLOAD_THREADS = 16
 LOCK_SUFFIX = ".lock"
@@ -258,15 +258,13 @@ class _S3Lease(Lease):
         return json.dumps({"owner": self.owner, "expires_at": time.time() + self.seconds}).encode()
 
     def acquire(self) -> None:
-        from botocore.exceptions import ClientError  # type: ignore[import-untyped]
-
         try:
             reply = self.client.put_object(
                 Bucket=self.bucket, Key=self.key, Body=self._body(), IfNoneMatch="*"
             )
-        except ClientError as exc:
-            if error_code(exc) not in ("PreconditionFailed", "ConditionalRequestConflict"):
-                raise
+        except s3_errors() as exc:
+            if not is_s3_conflict(exc):
+                raise s3_fault(f"lease of s3://{self.bucket}/{self.key}", exc) from exc
             self._take_over_expired()
         else:
             self.etag = reply["ETag"]
@@ -274,15 +272,13 @@ class _S3Lease(Lease):
         self._thread.start()
 
     def _take_over_expired(self) -> None:
-        from botocore.exceptions import ClientError
-
         busy = InProgress(f"s3://{self.bucket}/{self.key} is held by another delivery")
         try:
             current = self.client.get_object(Bucket=self.bucket, Key=self.key)
-        except ClientError as exc:
-            if error_code(exc) in ("NoSuchKey", "404"):
+        except s3_errors() as exc:
+            if is_s3_absent(exc):
                 raise busy from exc
-            raise
+            raise s3_fault(f"lease read of s3://{self.bucket}/{self.key}", exc) from exc
         try:
             holder = json.loads(current["Body"].read())
             expires_at = float(holder["expires_at"])
@@ -294,50 +290,42 @@ class _S3Lease(Lease):
             reply = self.client.put_object(
                 Bucket=self.bucket, Key=self.key, Body=self._body(), IfMatch=current["ETag"]
             )
-        except ClientError as exc:
-            if error_code(exc) in ("PreconditionFailed", "ConditionalRequestConflict"):
+        except s3_errors() as exc:
+            if is_s3_conflict(exc):
                 raise busy from exc
-            raise
+            raise s3_fault(f"lease of s3://{self.bucket}/{self.key}", exc) from exc
         self.etag = reply["ETag"]
 
     def _renew(self) -> None:
-        from botocore.exceptions import BotoCoreError, ClientError
-
         while not self._stop.wait(self.seconds / 3):
             try:
                 reply = self.client.put_object(
                     Bucket=self.bucket, Key=self.key, Body=self._body(), IfMatch=self.etag
                 )
-            except ClientError as exc:
-                if error_code(exc) in ("PreconditionFailed", "NoSuchKey", "404"):
+            except s3_errors() as exc:
+                if is_s3_conflict(exc) or is_s3_absent(exc):
                     self.lost = True
                     return
-                continue
-            except BotoCoreError:
                 continue
             self.etag = reply["ETag"]
 
     def verify(self) -> None:
-        from botocore.exceptions import ClientError
-
         if self.lost:
             raise InProgress(f"lost the lease s3://{self.bucket}/{self.key} to another delivery")
         try:
             head = self.client.head_object(Bucket=self.bucket, Key=self.key)
-        except ClientError as exc:
+        except s3_errors() as exc:
             raise InProgress(f"lease s3://{self.bucket}/{self.key} disappeared") from exc
         if head["ETag"] != self.etag:
             raise InProgress(f"lost the lease s3://{self.bucket}/{self.key} to another delivery")
 
     def release(self) -> None:
-        from botocore.exceptions import BotoCoreError, ClientError
-
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
         if self.lost:
             return
-        with contextlib.suppress(ClientError, BotoCoreError):
+        with contextlib.suppress(*s3_errors()):
             head = self.client.head_object(Bucket=self.bucket, Key=self.key)
             if head["ETag"] == self.etag:
                 self.client.delete_object(Bucket=self.bucket, Key=self.key)
@@ -384,23 +372,8 @@ class S3Output(OutputLocation):
     def storage_options(self) -> dict[str, Any] | None:
         return None if self.staged else s3_storage_options(self.settings)
 
-    def _call(self, what: str, fn: Any, **kwargs: Any) -> Any:
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        try:
-            return fn(**kwargs)
-        except ClientError as exc:
-            code = error_code(exc)
-            if code in NOT_FOUND_CODES:
-                return None
-            # Our own storage refusing us (credentials, bucket, policy) is no fault of the
-            # event: retried, so that the work resumes once the deployment is fixed.
-            raise TransientError(f"S3 {what} failed ({code}): {quoted(str(exc))}") from exc
-        except BotoCoreError as exc:
-            raise TransientError(f"S3 {what} failed: {quoted(str(exc))}") from exc
-
     def read_marker(self) -> dict[str, Any] | None:
-        reply = self._call(
+        reply = s3_request(
             "marker read", self.client.get_object, Bucket=self.bucket, Key=self.marker_key
         )
         if reply is None:
@@ -412,15 +385,13 @@ class S3Output(OutputLocation):
         return loaded
 
     def store_exists(self) -> bool:
-        reply = self._call(
+        reply = s3_request(
             "store check", self.client.head_object, Bucket=self.bucket, Key=f"{self.key}/zarr.json"
         )
         return reply is not None
 
     def clear(self) -> None:
-        from botocore.exceptions import BotoCoreError
-
-        self._call(
+        s3_request(
             "marker delete", self.client.delete_object, Bucket=self.bucket, Key=self.marker_key
         )
         paginator = self.client.get_paginator("list_objects_v2")
@@ -429,7 +400,7 @@ class S3Output(OutputLocation):
                 keys = [{"Key": obj["Key"]} for obj in page.get("Contents", [])]
                 if not keys:
                     continue
-                reply = self._call(
+                reply = s3_request(
                     "store delete",
                     self.client.delete_objects,
                     Bucket=self.bucket,
@@ -442,8 +413,8 @@ class S3Output(OutputLocation):
                         f"S3 could not delete {len(failed)} leftover objects under "
                         f"s3://{self.bucket}/{self.key}/, e.g. {failed[0]}"
                     )
-        except BotoCoreError as exc:
-            raise TransientError(f"S3 listing failed: {exc}") from exc
+        except s3_errors() as exc:
+            raise s3_fault(f"listing of s3://{self.bucket}/{self.key}/", exc) from exc
         if self.staged:
             for leftover in self.staging.parent.glob(f"{self.item_id}.zarr.*"):
                 shutil.rmtree(leftover, ignore_errors=True)
@@ -473,14 +444,14 @@ class S3Output(OutputLocation):
     def _upload(self, path: Path) -> None:
         key = f"{self.key}/{path.relative_to(self.staging).as_posix()}"
         with path.open("rb") as body:
-            self._call("upload", self.client.put_object, Bucket=self.bucket, Key=key, Body=body)
+            s3_request("upload", self.client.put_object, Bucket=self.bucket, Key=key, Body=body)
 
     def discard(self) -> None:
         self.clear()
 
     def write_marker(self, marker: dict[str, Any]) -> None:
         body = json.dumps(marker, indent=2, sort_keys=True).encode()
-        self._call(
+        s3_request(
             "marker write",
             self.client.put_object,
             Bucket=self.bucket,
@@ -495,7 +466,7 @@ class S3Output(OutputLocation):
         self._client = None
 
     def lease_held(self) -> bool:
-        reply = self._call(
+        reply = s3_request(
             "lease read", self.client.get_object, Bucket=self.bucket, Key=self.lock_key
         )
         if reply is None:
@@ -506,13 +477,8 @@ class S3Output(OutputLocation):
             return False
 
     def acquire(self, lease_seconds: float) -> Lease:
-        from botocore.exceptions import BotoCoreError
-
         lease = _S3Lease(self.client, self.bucket, self.lock_key, lease_seconds)
-        try:
-            lease.acquire()
-        except BotoCoreError as exc:
-            raise TransientError(f"S3 lease failed: {exc}") from exc
+        lease.acquire()
         return lease
 
 
@@ -702,38 +668,29 @@ def _local_outputs(settings: Settings, collection: str | None) -> Iterator[Outpu
 # Listing on S3
 
 
-def _s3_error(what: str, exc: Exception) -> TransientError:
-    return TransientError(f"S3 {what} failed: {exc}")
-
-
 def _s3_get(client: S3Client, bucket: str, key: str) -> dict[str, Any] | None:
     """The object's reply with its body read (`Body` bytes); None when it does not exist."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
+    what = f"read of s3://{bucket}/{key}"
+    reply: dict[str, Any] | None = s3_request(what, client.get_object, Bucket=bucket, Key=key)
+    if reply is None:
+        return None
     try:
-        reply: dict[str, Any] = client.get_object(Bucket=bucket, Key=key)
         reply["Body"] = reply["Body"].read()
-    except ClientError as exc:
-        if error_code(exc) in NOT_FOUND_CODES:
-            return None
-        raise _s3_error(f"read of s3://{bucket}/{key}", exc) from exc
-    except BotoCoreError as exc:
-        raise _s3_error(f"read of s3://{bucket}/{key}", exc) from exc
+    except s3_errors() as exc:
+        raise s3_fault(what, exc) from exc
     return reply
 
 
 def _s3_pages(
     client: S3Client, bucket: str, prefix: str, delimiter: str | None = None
 ) -> Iterator[dict[str, Any]]:
-    from botocore.exceptions import BotoCoreError, ClientError
-
     options: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
     if delimiter:
         options["Delimiter"] = delimiter
     try:
         yield from client.get_paginator("list_objects_v2").paginate(**options)
-    except (ClientError, BotoCoreError) as exc:
-        raise _s3_error(f"listing of s3://{bucket}/{prefix}", exc) from exc
+    except s3_errors() as exc:
+        raise s3_fault(f"listing of s3://{bucket}/{prefix}", exc) from exc
 
 
 def _s3_newest(client: S3Client, bucket: str, prefix: str) -> datetime | None:
@@ -747,12 +704,10 @@ def _s3_newest(client: S3Client, bucket: str, prefix: str) -> datetime | None:
 
 
 def _s3_any(client: S3Client, bucket: str, prefix: str) -> bool:
-    from botocore.exceptions import BotoCoreError, ClientError
-
     try:
         reply = client.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1)
-    except (ClientError, BotoCoreError) as exc:
-        raise _s3_error(f"listing of s3://{bucket}/{prefix}", exc) from exc
+    except s3_errors() as exc:
+        raise s3_fault(f"listing of s3://{bucket}/{prefix}", exc) from exc
     return bool(reply.get("KeyCount") or reply.get("Contents"))
 
 

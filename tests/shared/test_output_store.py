@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from geozarr_pipeline.convert import storage
+from geozarr_pipeline import output_store
 from geozarr_pipeline.errors import InProgress, InvalidInput, TransientError
 from tests.fixtures.s3 import S3Server
 from tests.shared.convert.conftest import local_settings, s3_settings
@@ -17,29 +17,29 @@ from tests.shared.convert.conftest import local_settings, s3_settings
 
 def test_local_location_is_deterministic_and_contained(tmp_path: Path) -> None:
     settings = local_settings(tmp_path)
-    location = storage.output_for(settings, "sentinel-2-l2a", "S2A_X")
+    location = output_store.output_for(settings, "sentinel-2-l2a", "S2A_X")
     assert location.url == str((tmp_path / "geozarr/sentinel-2-l2a/S2A_X.zarr").resolve())
     for collection, item_id in (("..", "x"), ("c", "../x"), ("c", "a/b"), ("/abs", "x")):
         with pytest.raises(ValueError, match="not a safe identifier"):
-            storage.output_for(settings, collection, item_id)
+            output_store.output_for(settings, collection, item_id)
     with pytest.raises(InvalidInput):
-        storage.output_for(local_settings(tmp_path, output_root="gs://b/p"), "c", "x")
+        output_store.output_for(local_settings(tmp_path, output_root="gs://b/p"), "c", "x")
 
 
 def test_local_lease_is_exclusive_until_released(tmp_path: Path) -> None:
     settings = local_settings(tmp_path)
-    first = storage.output_for(settings, "c", "item").acquire(60)
+    first = output_store.output_for(settings, "c", "item").acquire(60)
     with pytest.raises(InProgress):
-        storage.output_for(settings, "c", "item").acquire(60)
-    other_item = storage.output_for(settings, "c", "other").acquire(60)
+        output_store.output_for(settings, "c", "item").acquire(60)
+    other_item = output_store.output_for(settings, "c", "other").acquire(60)
     first.release()
-    storage.output_for(settings, "c", "item").acquire(60).release()
+    output_store.output_for(settings, "c", "item").acquire(60).release()
     other_item.release()
 
 
 def test_local_publish_is_a_rename_and_marker_comes_last(tmp_path: Path) -> None:
-    location = storage.output_for(local_settings(tmp_path), "c", "item")
-    assert isinstance(location, storage.LocalOutput)
+    location = output_store.output_for(local_settings(tmp_path), "c", "item")
+    assert isinstance(location, output_store.LocalOutput)
     location.prepare()
     staged = Path(location.write_url)
     staged.mkdir()
@@ -49,8 +49,8 @@ def test_local_publish_is_a_rename_and_marker_comes_last(tmp_path: Path) -> None
     assert location.store_exists()
     assert not staged.exists()
     assert location.read_marker() is None
-    location.write_marker({"format": storage.MARKER_FORMAT, "done": {}})
-    assert location.read_marker() == {"format": storage.MARKER_FORMAT, "done": {}}
+    location.write_marker({"format": output_store.MARKER_FORMAT, "done": {}})
+    assert location.read_marker() == {"format": output_store.MARKER_FORMAT, "done": {}}
     location.clear()
     assert location.read_marker() is None
     assert not location.store_exists()
@@ -60,23 +60,23 @@ def test_s3_lease_is_exclusive_and_expires(
     tmp_path: Path, s3_server: S3Server, s3_bucket: str
 ) -> None:
     settings = s3_settings(tmp_path, s3_server, s3_bucket)
-    location = storage.output_for(settings, "c", "item")
-    assert isinstance(location, storage.S3Output)
+    location = output_store.output_for(settings, "c", "item")
+    assert isinstance(location, output_store.S3Output)
     lease = location.acquire(60)
     with pytest.raises(InProgress):
-        storage.output_for(settings, "c", "item").acquire(60)
+        output_store.output_for(settings, "c", "item").acquire(60)
     lease.verify()
     lease.release()
-    assert f"geozarr/c/item.zarr{storage.LOCK_SUFFIX}" not in s3_server.keys(s3_bucket)
+    assert f"geozarr/c/item.zarr{output_store.LOCK_SUFFIX}" not in s3_server.keys(s3_bucket)
 
     # A holder that died leaves its lock object behind: taken over only once expired.
     client = s3_server.client()
     stale = {"owner": "dead", "expires_at": time.time() + 1.5}
     client.put_object(Bucket=s3_bucket, Key=location.lock_key, Body=json.dumps(stale))
     with pytest.raises(InProgress):
-        storage.output_for(settings, "c", "item").acquire(60)
+        output_store.output_for(settings, "c", "item").acquire(60)
     time.sleep(1.6)
-    taken = storage.output_for(settings, "c", "item").acquire(60)
+    taken = output_store.output_for(settings, "c", "item").acquire(60)
     taken.verify()
     taken.release()
 
@@ -85,11 +85,11 @@ def test_s3_lease_lost_to_a_takeover_is_noticed(
     tmp_path: Path, s3_server: S3Server, s3_bucket: str
 ) -> None:
     settings = s3_settings(tmp_path, s3_server, s3_bucket)
-    first = storage.output_for(settings, "c", "item").acquire(0.3)
-    assert isinstance(first, storage._S3Lease)
+    first = output_store.output_for(settings, "c", "item").acquire(0.3)
+    assert isinstance(first, output_store._S3Lease)
     first._stop.set()  # the holder hangs: it no longer renews its lease
     time.sleep(0.5)
-    second = storage.output_for(settings, "c", "item").acquire(60)
+    second = output_store.output_for(settings, "c", "item").acquire(60)
     with pytest.raises(InProgress, match="lost the lease"):
         first.verify()
     first.release()
@@ -100,7 +100,7 @@ def test_s3_lease_lost_to_a_takeover_is_noticed(
 def test_s3_staged_publish_uploads_and_clear_removes(
     tmp_path: Path, s3_server: S3Server, s3_bucket: str
 ) -> None:
-    location = storage.output_for(s3_settings(tmp_path, s3_server, s3_bucket), "c", "item")
+    location = output_store.output_for(s3_settings(tmp_path, s3_server, s3_bucket), "c", "item")
     client = s3_server.client()
     client.put_object(Bucket=s3_bucket, Key="geozarr/c/item.zarr/stale/0.0", Body=b"x")
     location.clear()
@@ -119,8 +119,8 @@ def test_s3_staged_publish_uploads_and_clear_removes(
     ]
     assert not staged.exists()
     assert location.store_exists()
-    location.write_marker({"format": storage.MARKER_FORMAT, "done": {"x": 1}})
-    assert location.read_marker() == {"format": storage.MARKER_FORMAT, "done": {"x": 1}}
+    location.write_marker({"format": output_store.MARKER_FORMAT, "done": {"x": 1}})
+    assert location.read_marker() == {"format": output_store.MARKER_FORMAT, "done": {"x": 1}}
     location.clear()
     assert s3_server.keys(s3_bucket) == []
 
@@ -129,8 +129,8 @@ def test_s3_location_closes_its_client_on_exit(
     tmp_path: Path, s3_server: S3Server, s3_bucket: str
 ) -> None:
     settings = s3_settings(tmp_path, s3_server, s3_bucket)
-    with storage.output_for(settings, "c", "item") as location:
-        assert isinstance(location, storage.S3Output)
+    with output_store.output_for(settings, "c", "item") as location:
+        assert isinstance(location, output_store.S3Output)
         assert not location.store_exists()
         client = location._client
         assert client is not None
@@ -146,8 +146,9 @@ def test_s3_clear_is_transient_when_a_leftover_stays(
 ) -> None:
     key = "geozarr/c/item.zarr/b/c/0"
     s3_server.client().put_object(Bucket=s3_bucket, Key=key, Body=b"stale")
-    with storage.output_for(s3_settings(tmp_path, s3_server, s3_bucket), "c", "item") as location:
-        assert isinstance(location, storage.S3Output)
+    settings = s3_settings(tmp_path, s3_server, s3_bucket)
+    with output_store.output_for(settings, "c", "item") as location:
+        assert isinstance(location, output_store.S3Output)
 
         def refusing(**kwargs: Any) -> dict[str, Any]:
             # What S3 answers when some keys of a batch delete fail (moto never does).
