@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from geozarr_local.images import function_environment
 from geozarr_local.processes import ManagedProcess, free_port, tcp_ready
 from geozarr_local.stack import function_command
 from geozarr_pipeline.events import EventType, Stage
@@ -44,47 +44,10 @@ class Installed:
 
 
 def install(stage: Stage, root: Path) -> Installed:
-    requirements = root / "requirements.txt"
-    subprocess.run(
-        [
-            "uv",
-            "export",
-            "--frozen",
-            "--no-dev",
-            "--no-hashes",
-            "--no-editable",
-            "--package",
-            f"geozarr-{stage.value}",
-            "--output-file",
-            str(requirements),
-            "--quiet",
-        ],
-        cwd=ROOT,
-        check=True,
-        timeout=120,
-    )
-    venv = root / "venv"
-    subprocess.run(
-        ["uv", "venv", "--quiet", "--python", sys.executable, str(venv)], check=True, timeout=120
-    )
-    subprocess.run(
-        [
-            "uv",
-            "pip",
-            "install",
-            "--quiet",
-            "--python",
-            str(venv / "bin" / "python"),
-            "-r",
-            str(requirements),
-        ],
-        cwd=ROOT,
-        check=True,
-        timeout=600,
-    )
+    bin_dir = function_environment(stage, root, ROOT)
     workdir = root / "work"
     workdir.mkdir()
-    return Installed(stage, venv / "bin" / "python", venv / "bin", workdir)
+    return Installed(stage, bin_dir / "python", bin_dir, workdir)
 
 
 @pytest.fixture(scope="module", params=list(Stage), ids=[s.value for s in Stage])

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from geozarr_local.routing import DeliverySpec, parse_duration, route_from_trigger
+from geozarr_local.broker.routing import DeliverySpec, parse_duration, route_from_trigger
 from tests.knative.manifests import (
     CLUSTER_RABBITMQ,
     Document,

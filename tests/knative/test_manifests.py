@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import yaml
 
-from geozarr_local.routing import DeliverySpec, load_routes, parse_duration
+from geozarr_local.broker.routing import DeliverySpec, load_routes, parse_duration
 from geozarr_pipeline.config import Settings
 from geozarr_pipeline.events import EventType, Stage
 from tests.knative import consistency as rules

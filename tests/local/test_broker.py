@@ -20,8 +20,8 @@ import yaml
 from cloudevents.conversion import to_binary, to_structured
 from cloudevents.http import CloudEvent
 
-from geozarr_local.dispatch import Decision, decide
-from geozarr_local.journal import BrokerState, matches_query
+from geozarr_local.broker.dispatch import Decision, decide
+from geozarr_local.broker.journal import BrokerState, matches_query
 from geozarr_local.processes import ManagedProcess, free_port, http_ready
 from geozarr_pipeline import cli
 from geozarr_pipeline.broker_client import RunFailed, wait_for_event
@@ -549,7 +549,8 @@ def test_a_subscriber_that_keeps_failing_ends_in_one_failure_record_listed_by_th
 
 
 # The decision table, pinned to eventing-rabbitmq pkg/dispatcher/dispatcher.go getStatus and
-# knative/eventing pkg/kncloudevents/retries.go SelectiveRetry (commits in local/dispatch.py).
+# knative/eventing pkg/kncloudevents/retries.go SelectiveRetry (commits in
+# geozarr_local/broker/dispatch.py).
 UPSTREAM_DECISIONS = {
     None: Decision.RETRY,  # timeout, connection refused: no HTTP result, code -1
     100: Decision.DROP,

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from geozarr_local.routing import (
+from geozarr_local.broker.routing import (
     DeliverySpec,
     ManifestError,
     load_routes,

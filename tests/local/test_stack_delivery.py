@@ -13,9 +13,9 @@ from typing import Any
 import httpx
 import pytest
 
+from geozarr_local.broker.routing import load_routes
 from geozarr_local.demo import convert_requested_event
 from geozarr_local.processes import ManagedProcess, free_port, http_ready, module_command
-from geozarr_local.routing import load_routes
 from geozarr_local.sample.layout import item_url
 from geozarr_local.stack import LocalStack
 from geozarr_pipeline.broker_client import RunFailed

@@ -19,7 +19,9 @@ from geozarr_pipeline.config import Settings
 from geozarr_pipeline.events import ConvertDone, EventType, RegisterDone, Stage
 from geozarr_pipeline.stage_function import (
     ConfigurationError,
+    StageRun,
     configuration_problems,
+    deferred,
     stage_function,
 )
 
@@ -129,6 +131,44 @@ def test_events_reach_run_typed_with_the_settings_read_at_start(
     assert response.headers["ce-type"] == EventType.REGISTER_DONE.value
     assert response.json is not None
     assert response.json["item_url"] == f"{tmp_path / 'geozarr'}/S2A_X"
+
+
+def test_a_deferred_stage_is_loaded_by_its_first_event_only(
+    environment: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    loads: list[int] = []
+
+    def load() -> StageRun[ConvertDone]:
+        loads.append(1)
+        return _echo_run
+
+    handle = stage_function(Stage.REGISTER, ConvertDone, deferred(load))
+    assert loads == []
+    app = flask.Flask("deferred-test")
+    app.add_url_rule("/", "handle", lambda: handle(flask.request), methods=["POST"])
+    client = app.test_client()
+    refused = CloudEvent(
+        {"type": EventType.CONVERT_DONE.value, "source": "urn:test", "id": "d-0"},
+        {"item_id": "../x"},
+    )
+    headers, body = to_binary(refused)
+    assert client.post("/", headers=dict(headers), data=body).status_code == 200
+    assert loads == []  # refused by validation: the stage was never needed
+    for number in (1, 2):
+        event = CloudEvent(
+            {"type": EventType.CONVERT_DONE.value, "source": "urn:test", "id": f"d-{number}"},
+            {
+                "item_id": "S2A_X",
+                "collection": "c",
+                "source_url": "https://x.test/i",
+                "zarr_url": "https://x.test/i.zarr",
+                "output_url": "/o/S2A_X.zarr",
+            },
+        )
+        headers, body = to_binary(event)
+        response = client.post("/", headers=dict(headers), data=body)
+        assert response.headers["ce-type"] == EventType.REGISTER_DONE.value
+    assert len(loads) == 2  # asked each time; Python's import cache makes the rest free
 
 
 def test_a_function_with_a_broken_configuration_does_not_start(tmp_path: Path) -> None:

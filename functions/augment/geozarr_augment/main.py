@@ -9,7 +9,14 @@ from __future__ import annotations
 import functions_framework
 
 from geozarr_pipeline.events import RegisterDone, Stage
-from geozarr_pipeline.stage_function import stage_function
-from geozarr_pipeline.stages import augment
+from geozarr_pipeline.stage_function import StageRun, deferred, stage_function
 
-handle = functions_framework.http(stage_function(Stage.AUGMENT, RegisterDone, augment.run))
+
+def load_run() -> StageRun[RegisterDone]:
+    """The stage itself, imported on the first event (see `deferred`)."""
+    from geozarr_pipeline.stages import augment
+
+    return augment.run
+
+
+handle = functions_framework.http(stage_function(Stage.AUGMENT, RegisterDone, deferred(load_run)))

@@ -9,7 +9,16 @@ from __future__ import annotations
 import functions_framework
 
 from geozarr_pipeline.events import ConvertRequested, Stage
-from geozarr_pipeline.stage_function import stage_function
-from geozarr_pipeline.stages import convert
+from geozarr_pipeline.stage_function import StageRun, deferred, stage_function
 
-handle = functions_framework.http(stage_function(Stage.CONVERT, ConvertRequested, convert.run))
+
+def load_run() -> StageRun[ConvertRequested]:
+    """The stage itself, imported on the first event (see `deferred`)."""
+    from geozarr_pipeline.stages import convert
+
+    return convert.run
+
+
+handle = functions_framework.http(
+    stage_function(Stage.CONVERT, ConvertRequested, deferred(load_run))
+)

@@ -9,7 +9,14 @@ from __future__ import annotations
 import functions_framework
 
 from geozarr_pipeline.events import ConvertDone, Stage
-from geozarr_pipeline.stage_function import stage_function
-from geozarr_pipeline.stages import register
+from geozarr_pipeline.stage_function import StageRun, deferred, stage_function
 
-handle = functions_framework.http(stage_function(Stage.REGISTER, ConvertDone, register.run))
+
+def load_run() -> StageRun[ConvertDone]:
+    """The stage itself, imported on the first event (see `deferred`)."""
+    from geozarr_pipeline.stages import register
+
+    return register.run
+
+
+handle = functions_framework.http(stage_function(Stage.REGISTER, ConvertDone, deferred(load_run)))

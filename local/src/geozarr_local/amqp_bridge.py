@@ -9,10 +9,11 @@ headers becomes `dev.knative.rabbitmq.event` with a random id and the body as da
 with `ce-*` headers passes its CloudEvent through unchanged. The event is POSTed in binary
 mode to the broker ingress with the RabbitmqSource's `spec.delivery` retries (read from the
 same manifest, `knative/base/source.yaml`), and the message is acknowledged once the broker
-accepted it. As the upstream adapter does (`local/dispatch.py`), a message that is not a valid
-event, or that the broker does not accept after the retries, is nacked without requeue: the
-queue's dead-letter exchange (`<queue>-dlx`, declared here with its queue `<queue>-dead`)
-keeps it, so the queue never blocks and nothing is lost while the broker is down.
+accepted it. As the upstream adapter does (`geozarr_local/broker/dispatch.py`), a message that
+is not a valid event, or that the broker does not accept after the retries, is nacked without
+requeue: the queue's dead-letter exchange (`<queue>-dlx`, declared here with its queue
+`<queue>-dead`) keeps it, so the queue never blocks and nothing is lost while the broker is
+down.
 """
 
 from __future__ import annotations
@@ -37,8 +38,8 @@ import httpx
 from cloudevents.conversion import to_binary
 from cloudevents.http import CloudEvent
 
-from geozarr_local.dispatch import source_retries
-from geozarr_local.routing import DeliverySpec, ManifestError, load_source_delivery
+from geozarr_local.broker.dispatch import source_retries
+from geozarr_local.broker.routing import DeliverySpec, ManifestError, load_source_delivery
 from geozarr_pipeline.events import (
     GEOZARR_EXCHANGE,
     MAX_EVENT_BYTES,
@@ -453,7 +454,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     configure_logging(args.log_level)
-    from geozarr_local.broker import default_manifests
+    from geozarr_local.broker.commands import default_manifests
 
     try:
         delivery = load_source_delivery(args.manifests or default_manifests())

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 from cloudevents.http import CloudEvent
 
-from geozarr_local.broker import default_manifests
+from geozarr_local.broker.commands import default_manifests
 from geozarr_local.sample.layout import item_url
 from geozarr_local.stack import LocalStack
 from geozarr_pipeline.cli import SubParsers

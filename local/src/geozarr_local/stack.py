@@ -28,7 +28,7 @@ import httpx
 from cloudevents.conversion import to_binary
 from cloudevents.http import CloudEvent
 
-from geozarr_local.broker import default_manifests
+from geozarr_local.broker.commands import default_manifests
 from geozarr_local.processes import (
     LOOPBACK,
     ManagedProcess,

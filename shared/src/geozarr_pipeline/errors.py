@@ -107,7 +107,8 @@ ERROR_NAMES: dict[type[PipelineError], str] = {
 }
 
 # knative/eventing pkg/kncloudevents/retries.go SelectiveRetry (commit 8cf4c4b6): the statuses
-# a Trigger dispatcher retries; it acks every other answer (local/dispatch.py has the table).
+# a Trigger dispatcher retries; it acks every other answer (the table is in the local
+# broker's geozarr_local/broker/dispatch.py).
 RETRYABLE_STATUS_CODES = frozenset({404, 408, 409, 429}) | frozenset(range(500, 600))
 
 

@@ -166,7 +166,7 @@ def _short(text: str, limit: int = 64) -> str:
 
 
 class EventData(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 class ConversionOptions(EventData):
@@ -181,7 +181,7 @@ class ConversionOptions(EventData):
 class ConvertRequested(EventData):
     """Start of a run: the same body operators publish on the `geozarr` exchange."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, defer_build=True)
 
     source_url: Url
     item_id: SafeId | None = None

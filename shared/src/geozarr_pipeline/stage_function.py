@@ -1,13 +1,15 @@
 """The one runner every stage function is built with.
 
     handle = stage_function(Stage.REGISTER, ConvertDone, register.run)
+    handle = stage_function(Stage.REGISTER, ConvertDone, deferred(load_run))
 
 At start (when functions-framework loads the entrypoint) it configures logging, reads the
 settings once and checks that they make a working deployment of the stage: a function with
 a broken configuration refuses to start, naming the setting, instead of failing every event
 it is given. No network is touched: what needs one is opened on the first event. Each event
 is then narrowed to the stage's input model (a typed check, not an assert) and handed to
-`run` with the settings read at start.
+`run` with the settings read at start. `deferred` imports a stage's module on its first
+event, so that starting the function loads only what parsing and refusing an event needs.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ if TYPE_CHECKING:
     import flask
 
 Handler = Callable[["flask.Request"], "flask.Response"]
+type StageRun[Input: EventData] = Callable[[Input, Settings], EventData]
 
 
 class ConfigurationError(RuntimeError):
@@ -68,8 +71,21 @@ def configuration_problems(settings: Settings, stage: Stage) -> list[str]:
     return problems
 
 
+def deferred[Input: EventData](load: Callable[[], StageRun[Input]]) -> StageRun[Input]:
+    """A stage's `run` imported on its first event (`load` imports it; Python caches it).
+
+    The stage's own dependencies (httpx, the STAC and storage adapters, the converter) then
+    cost the first event that needs them, not the start of every instance.
+    """
+
+    def run(data: Input, settings: Settings) -> EventData:
+        return load()(data, settings)
+
+    return run
+
+
 def stage_function[Input: EventData](
-    stage: Stage, model: type[Input], run: Callable[[Input, Settings], EventData]
+    stage: Stage, model: type[Input], run: StageRun[Input]
 ) -> Handler:
     """The functions-framework handler of `stage`; raises ConfigurationError at start."""
     if INPUT_MODELS[next(iter(stage.accepts))] is not model:

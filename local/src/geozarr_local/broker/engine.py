@@ -1,16 +1,11 @@
-"""A local stand-in for the Knative RabbitMQ broker, routed by the same Trigger manifests.
+"""The local broker's delivery engine: journal, per-Trigger queues, retries, dead letters.
 
-    python -m geozarr_local.broker --host 127.0.0.1 --port 8080 \\
-        --manifests knative/base --state-dir data/broker \\
-        --subscriber geozarr-convert=http://127.0.0.1:8081 ...
-
-Ingress `POST /` takes CloudEvents (binary or structured) and answers 202 once the event is
-in the journal (`<state-dir>/events.jsonl`); each matching Trigger's queue delivers it in
-binary mode with the Trigger's timeout, parallelism and retries, and decides what to do with
-each answer exactly as eventing-rabbitmq's dispatcher does (the table in `local/dispatch.py`):
-a reply is published back into the broker, a non-retried 4xx is acked and dropped, and once
-retries are exhausted the event goes to the Trigger's dead-letter queue, which delivers it to
-the `deadLetterSink` (the failure recorder) with the `knativeerror*` extensions.
+Each matching Trigger's queue delivers an accepted event in binary mode with the Trigger's
+timeout, parallelism and retries, and decides what to do with each answer exactly as
+eventing-rabbitmq's dispatcher does (the table in `dispatch.py`): a reply is published back
+into the broker, a non-retried 4xx is acked and dropped, and once retries are exhausted the
+event goes to the Trigger's dead-letter queue, which delivers it to the `deadLetterSink` (the
+failure recorder) with the `knativeerror*` extensions.
 
 Nothing accepted is lost when the broker dies: on start it delivers again every journaled
 event whose delivery was never acknowledged, as RabbitMQ redelivers unacked messages.
@@ -18,43 +13,32 @@ event whose delivery was never acknowledged, as RabbitMQ redelivers unacked mess
 
 from __future__ import annotations
 
-import argparse
 import logging
 import queue
-import signal
 import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
-from types import FrameType
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import httpx
 from cloudevents.conversion import to_binary
 from cloudevents.http import CloudEvent
 
-from geozarr_local.dispatch import NO_STATUS, Decision, Outcome, decide
-from geozarr_local.journal import BrokerState, matches_query
-from geozarr_local.routing import (
-    ManifestError,
+from geozarr_local.broker.api import handler_for
+from geozarr_local.broker.dispatch import NO_STATUS, Decision, Outcome, decide
+from geozarr_local.broker.journal import BrokerState, matches_query
+from geozarr_local.broker.routing import (
     Route,
-    load_routes,
     matching_routes,
-    parse_subscriber_options,
 )
 from geozarr_pipeline.cloudevent_http import event_from_json, parse_event, utc_now
-from geozarr_pipeline.errors import InvalidEvent, status_code_for
-from geozarr_pipeline.events import MAX_EVENT_BYTES
-from geozarr_pipeline.jsonhttp import JsonRequestHandler
-from geozarr_pipeline.logs import configure_logging
+from geozarr_pipeline.errors import InvalidEvent
 
 log = logging.getLogger(__name__)
 
-DESCRIPTION = "A local stand-in for the Knative RabbitMQ broker, routed by the Trigger manifests."
 MAX_LONG_POLL_SECONDS = 300.0
 DEAD_LETTER_QUEUE_SUFFIX = ".dlq"
 
@@ -109,9 +93,6 @@ class Delivery:
     queue: DeliveryQueue
     event: CloudEvent
     seq: int
-
-
-EVENT_QUERY_KEYS = ("type", "subject", "source", "id", "origin")
 
 
 class LocalBroker:
@@ -471,7 +452,7 @@ class LocalBroker:
 
     def serve(self, host: str, port: int) -> str:
         """Start the HTTP ingress in a background thread; returns its base URL."""
-        server = ThreadingHTTPServer((host, port), _handler_for(self))
+        server = ThreadingHTTPServer((host, port), handler_for(self))
         server.daemon_threads = True
         self._server = server
         threading.Thread(
@@ -503,184 +484,3 @@ class LocalBroker:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-
-def _single_values(raw_query: str, keys: Sequence[str]) -> dict[str, str]:
-    parsed = parse_qs(raw_query)
-    return {k: parsed[k][-1] for k in keys if parsed.get(k)}
-
-
-def _handler_for(broker: LocalBroker) -> type[BaseHTTPRequestHandler]:
-    class Handler(JsonRequestHandler):
-        server_version = "geozarr-local-broker"
-
-        def do_POST(self) -> None:
-            if urlsplit(self.path).path != "/":
-                self._send_error(404, "not_found", "POST CloudEvents to /")
-                return
-            body = self._read_body_or_refuse(MAX_EVENT_BYTES)
-            if body is None:
-                return
-            try:
-                event = parse_event(dict(self.headers.items()), body)
-            except InvalidEvent as exc:
-                self._send_error(status_code_for(exc), exc.code, exc.message)
-                return
-            entry = broker.publish(event)
-            if entry is None:
-                self._send_error(503, "stopping", "the broker is shutting down")
-                return
-            self._send_json(
-                HTTPStatus.ACCEPTED,
-                {
-                    "accepted": True,
-                    "seq": entry["seq"],
-                    "id": entry["event"]["attributes"]["id"],
-                    "routes": entry["routes"],
-                    "duplicate": entry["duplicate"],
-                },
-            )
-
-        def do_GET(self) -> None:
-            parts = urlsplit(self.path)
-            if parts.path == "/healthz":
-                self._send_json(200, {"status": "ok", "triggers": len(broker.routes)})
-            elif parts.path == "/events":
-                params = parse_qs(parts.query)
-                try:
-                    after = int(params.get("after", ["0"])[-1])
-                    wait = float(params.get("wait", ["0"])[-1])
-                except ValueError:
-                    self._send_error(400, "bad_query", "after must be an integer, wait a number")
-                    return
-                query = _single_values(parts.query, EVENT_QUERY_KEYS)
-                self._send_json(200, broker.events(query, after=after, wait=wait))
-            elif parts.path == "/deliveries":
-                query = _single_values(
-                    parts.query, ("queue", "trigger", "outcome", "type", "subject", "source", "id")
-                )
-                self._send_json(200, broker.deliveries(query))
-            elif parts.path == "/routes":
-                self._send_json(200, broker.routes_table())
-            else:
-                self._send_error(404, "not_found", f"no such path: {parts.path}")
-
-    return Handler
-
-
-def default_manifests() -> Path:
-    """The repository's `knative/base`, relative to the working directory (its root)."""
-    return Path("knative", "base")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8080, help="listen port (default 8080)")
-    parser.add_argument(
-        "--manifests",
-        type=Path,
-        default=None,
-        help="folder (or file) of Knative manifests; every Trigger in it is a route "
-        "(default: <repo>/knative/base)",
-    )
-    parser.add_argument(
-        "--state-dir",
-        type=Path,
-        required=True,
-        help="where the journal (events.jsonl) and the delivery log (deliveries.jsonl) are kept; "
-        "a restart on the same folder redelivers what was never acknowledged",
-    )
-    parser.add_argument(
-        "--subscriber",
-        action="append",
-        default=[],
-        metavar="NAME=URL",
-        help="local URL of a Trigger subscriber Service, e.g. "
-        "geozarr-convert=http://127.0.0.1:8081 (repeatable; a Trigger's deadLetterSink "
-        "Service must be named here too, or its dead letters are lost, as upstream)",
-    )
-    parser.add_argument(
-        "--broker-name", default=None, help="only Triggers of this broker (default: all)"
-    )
-    parser.add_argument(
-        "--parallelism",
-        type=int,
-        default=1,
-        help="concurrent deliveries per Trigger without the parallelism annotation (default 1, "
-        "as eventing-rabbitmq)",
-    )
-    parser.add_argument(
-        "--default-timeout",
-        type=float,
-        default=300.0,
-        help="delivery timeout in seconds for Triggers without delivery.timeout (default 300)",
-    )
-    parser.add_argument(
-        "--grace",
-        type=float,
-        default=2.0,
-        help="seconds in-flight deliveries get on SIGTERM; unfinished ones are redelivered on "
-        "the next start (default 2)",
-    )
-    parser.add_argument("--log-level", default="INFO")
-
-
-def run(args: argparse.Namespace) -> int:
-    """Serve until SIGTERM or SIGINT; exit code 2 for a bad manifest or option."""
-    configure_logging(args.log_level)
-    try:
-        subscribers = parse_subscriber_options(args.subscriber)
-        manifests = args.manifests or default_manifests()
-        routes = load_routes(manifests, broker=args.broker_name)
-    except (ManifestError, ValueError) as exc:
-        log.error("cannot start the local broker", extra={"error": str(exc)})
-        return 2
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-    broker = LocalBroker(
-        routes,
-        subscribers,
-        args.state_dir,
-        default_parallelism=args.parallelism,
-        default_timeout=args.default_timeout,
-    )
-    try:
-        url = broker.serve(args.host, args.port)
-        log.info(
-            "local broker ready",
-            extra={
-                "url": url,
-                "manifests": str(manifests),
-                "state_dir": str(args.state_dir),
-                "triggers": [r.name for r in routes],
-            },
-        )
-        stop.wait()
-    finally:
-        broker.close(grace=args.grace)
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    log.info("local broker stopped")
-    return 0
-
-
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = subparsers.add_parser(
-        "broker", help="run the local broker (routes by the Knative Trigger manifests)"
-    )
-    add_arguments(parser)
-    parser.set_defaults(func=run)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m geozarr_local.broker", description=DESCRIPTION)
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

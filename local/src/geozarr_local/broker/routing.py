@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urljoin, urlparse
 
-from geozarr_local.dispatch import backoff_seconds
+from geozarr_local.broker.dispatch import backoff_seconds
 
 TRIGGER_API_GROUP = "eventing.knative.dev"
 PARALLELISM_ANNOTATION = "rabbitmq.eventing.knative.dev/parallelism"
