@@ -135,6 +135,21 @@ def test_function_imports_without_network(tmp_path: Path, stage: Stage) -> None:
         assert not modules & set(HEAVY), sorted(modules & set(HEAVY))
 
 
+@pytest.mark.parametrize("stage", list(Stage), ids=[s.value for s in Stage])
+def test_starting_a_function_leaves_its_stage_to_the_first_event(
+    tmp_path: Path, stage: Stage
+) -> None:
+    """`stage_function.deferred`: neither the stage module nor httpx is loaded at start."""
+    statement = (
+        f"import geozarr_{stage.value}.main\n"
+        f"assert 'geozarr_pipeline.stages.{stage.value}' not in sys.modules\n"
+        "assert 'httpx' not in sys.modules"
+    )
+    report, attempts = run_guarded(tmp_path, statement)
+    assert attempts == []
+    assert "httpx" not in report["modules"]  # type: ignore[operator]
+
+
 def test_convert_loads_the_converter_without_network(tmp_path: Path) -> None:
     """The first conversion imports eopf-geozarr, whose module fetches the CF table."""
     statement = (

@@ -149,6 +149,7 @@ def test_an_unusable_status_root_costs_a_warning_not_the_work(
             request_for(requested("no-journal")), Stage.CONVERT, converted, broken
         )
     assert response.status_code == 200
-    outcomes = [r.__dict__.get("outcome") for r in caplog.records if r.name == "geozarr_pipeline.delivery"]
+    delivery = [r for r in caplog.records if r.name == "geozarr_pipeline.delivery"]
+    outcomes = [r.__dict__.get("outcome") for r in delivery]
     assert outcomes[-1] == "done"
     assert any(r.getMessage() == "stage attempts not recorded" for r in caplog.records)

@@ -551,6 +551,27 @@ class OutputInfo:
         """The time an expiry compares: completion, else the last write."""
         return self.completed_at or self.modified_at
 
+    @classmethod
+    def of(
+        cls,
+        location: OutputLocation,
+        marker: dict[str, Any] | None,
+        *,
+        marker_present: bool,
+        store_present: bool,
+        modified_at: datetime | None,
+    ) -> OutputInfo:
+        return cls(
+            collection=location.collection,
+            item_id=location.item_id,
+            url=location.url,
+            marker=marker,
+            marker_present=marker_present,
+            store_present=store_present,
+            completed_at=_completed_at(marker),
+            modified_at=modified_at,
+        )
+
 
 def _completed_at(marker: dict[str, Any] | None) -> datetime | None:
     value = marker.get("completed_at") if marker else None
@@ -635,14 +656,11 @@ def _local_info(location: LocalOutput) -> OutputInfo | None:
     if marker_time is None and not store_present:
         return None
     marker = location.read_marker() if marker_time is not None else None
-    return OutputInfo(
-        collection=location.collection,
-        item_id=location.item_id,
-        url=location.url,
-        marker=marker,
+    return OutputInfo.of(
+        location,
+        marker,
         marker_present=marker_time is not None,
         store_present=store_present,
-        completed_at=_completed_at(marker),
         modified_at=marker_time or _newest_mtime(location.store),
     )
 
@@ -728,14 +746,11 @@ def _s3_info(client: S3Client, location: S3Output, store_present: bool | None) -
         with contextlib.suppress(ValueError):
             loaded = json.loads(reply["Body"])
             marker = loaded if isinstance(loaded, dict) else None
-    return OutputInfo(
-        collection=location.collection,
-        item_id=location.item_id,
-        url=location.url,
-        marker=marker,
+    return OutputInfo.of(
+        location,
+        marker,
         marker_present=reply is not None,
         store_present=store_present,
-        completed_at=_completed_at(marker),
         modified_at=reply["LastModified"] if reply is not None else newest,
     )
 

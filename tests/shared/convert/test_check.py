@@ -54,7 +54,7 @@ def copy_of(store: Path, tmp_path: Path) -> Path:
 
 def run_check(sample_root: SampleRoot, store: Path, **kwargs: Any) -> check.CheckReport:
     source = zarr.open_group(str(sample_root.l2a.product_path), mode="r")
-    return check.check_output(source, zarr.open_group(str(store), mode="r+"), **kwargs)
+    return check.check_and_repair_output(source, zarr.open_group(str(store), mode="r+"), **kwargs)
 
 
 def source_nodata(sample_root: SampleRoot, level: str, band: str) -> np.ndarray[Any, Any]:

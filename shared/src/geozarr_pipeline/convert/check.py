@@ -542,7 +542,7 @@ class OutputChecker:
         self.modified.setdefault(level, set()).add(name)
 
 
-def check_output(
+def check_and_repair_output(
     source: Any,
     output: Any,
     *,
