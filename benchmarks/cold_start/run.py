@@ -193,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     stages = [Stage(s) for s in args.stage] if args.stage else list(Stage)
     results: dict[str, dict[str, object]] = {}
     load_before = os.getloadavg()
+    pythons: dict[Stage, Path] = {}
     with tempfile.TemporaryDirectory(prefix="cold-start-") as tmp:
         workdir = Path(tmp)
         for stage in stages:
@@ -201,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
                 python = (
                     function_environment(stage, workdir / f"env-{stage.value}", ROOT) / "python"
                 )
+            pythons[stage] = python
             one_run(stage, python, workdir)  # warm the OS file cache and .pyc files
             measured = [one_run(stage, python, workdir) for _ in range(args.runs)]
             floor = statistics.median(
@@ -229,12 +231,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"(+{results[stage.value]['stage_import_s']}s stage import on the first event)"
             )
         if Stage.CONVERT in stages:
-            python = (
-                (workdir / "env-convert" / "venv" / "bin" / "python")
-                if args.image_env
-                else args.python
-            )
-            loads = [converter_load(python, workdir) for _ in range(3)]
+            loads = [converter_load(pythons[Stage.CONVERT], workdir) for _ in range(3)]
             library = statistics.median(loads)
             results["convert"]["converter_import_s"] = round(library, 3)
             print(f"convert   + {library:.3f}s to import eopf-geozarr on the first conversion")
