@@ -16,6 +16,7 @@ import pytest
 from geozarr_local.stack import LocalStack
 from geozarr_pipeline.catalog import open_catalog
 from geozarr_pipeline.config import Settings
+from geozarr_pipeline.visual.titiler_eopf import contract_problems, multiscale_level
 from tests.fixtures.stack import ChainRun
 from tests.fixtures.visual import MapSetup, read_png
 
@@ -89,6 +90,12 @@ def test_tile_inside_the_footprint_has_imagery(
     response = httpx.get(url, timeout=60)
     assert response.status_code == 200, response.text
     assert response.headers["content-type"] == "image/png"
+    levels = response.headers["X-GeoZarr-Levels"].split(",")
+    if zoom_from == "maxzoom":
+        assert levels == ["/measurements/reflectance/r10m"]
+    else:
+        assert len(levels) == 1
+        assert levels[0].rsplit("/", 1)[1] in ("r360m", "r720m"), levels
     pixels = read_png(response.content)
     assert pixels.shape[0] == 4, "RGB plus alpha"
     alpha = pixels[3]
@@ -107,31 +114,45 @@ def test_tile_outside_the_footprint_is_404(map_setup: MapSetup) -> None:
     assert response.status_code == 404
 
 
-def test_thumbnail_is_a_png_preview(map_setup: MapSetup) -> None:
+def test_thumbnail_is_a_png_preview_of_a_coarse_level(map_setup: MapSetup) -> None:
     response = httpx.get(map_setup.item["assets"]["thumbnail"]["href"], timeout=60)
     assert response.status_code == 200, response.text
     assert response.headers["content-type"] == "image/png"
     pixels = read_png(response.content)
     assert pixels.shape[0] == 4
+    assert max(pixels.shape[1:]) <= 512
+    # The level the contract picks for a 512-pixel image of the whole item (at full size a
+    # coarse one; this small sample's finest level is about 512 pixels across).
+    group = json.loads((map_setup.store / "measurements/reflectance/zarr.json").read_text())
+    layout = group["attributes"]["multiscales"]["layout"]
+    finest = layout[0]
+    extent = finest["spatial:transform"][0] * max(finest["spatial:shape"])
+    expected = f"/measurements/reflectance/{multiscale_level(layout, extent / 512)}"
+    assert response.headers["X-GeoZarr-Levels"].split(",") == [expected]
     assert (pixels[3] > 0).mean() > 0.3
     assert pixels[:3][:, pixels[3] > 0].std() > 1.0
 
 
-def test_wmts_capabilities_list_the_render_as_a_layer(map_setup: MapSetup) -> None:
-    response = httpx.get(map_setup.link("wmts"), timeout=60)
+def test_wmts_capabilities_list_the_linked_layer(map_setup: MapSetup) -> None:
+    (link,) = [link for link in map_setup.item["links"] if link["rel"] == "wmts"]
+    response = httpx.get(link["href"], timeout=60)
     assert response.status_code == 200, response.text
     assert response.headers["content-type"].startswith("application/xml")
     root = ET.fromstring(response.content)
     layers = root.findall(f"{WMTS}Contents/{WMTS}Layer")
     identifiers = [layer.findtext(f"{OWS}Identifier") for layer in layers]
-    assert "true-color" in identifiers
-    layer = layers[identifiers.index("true-color")]
+    assert link["wmts:layer"] in identifiers
+    layer = layers[identifiers.index(link["wmts:layer"])]
     template = layer.find(f"{WMTS}ResourceURL").get("template")  # type: ignore[union-attr]
     assert template is not None
     assert "{TileMatrix}/{TileCol}/{TileRow}.png?" in template
     assert_canonical_query(template)
-    matrices = root.findall(f"{WMTS}Contents/{WMTS}TileMatrixSet/{WMTS}TileMatrix")
-    assert len(matrices) == len(WEB_MERCATOR.tileMatrices)
+    (mercator,) = [
+        matrix_set
+        for matrix_set in root.findall(f"{WMTS}Contents/{WMTS}TileMatrixSet")
+        if matrix_set.findtext(f"{OWS}Identifier") == "WebMercatorQuad"
+    ]
+    assert len(mercator.findall(f"{WMTS}TileMatrix")) == len(WEB_MERCATOR.tileMatrices)
     lon, lat = footprint_centre(map_setup.item)
     tile = WEB_MERCATOR.tile(lon, lat, 12)
     url = (
@@ -159,6 +180,15 @@ def test_viewer_page_embeds_the_tilejson_link(map_setup: MapSetup) -> None:
     assert b"Leaflet" in static.content[:2000]
 
 
+def test_the_old_wmts_route_and_links_without_variables_are_refused(map_setup: MapSetup) -> None:
+    root = map_setup.link("viewer").removesuffix("/viewer")
+    assert httpx.get(f"{root}/WebMercatorQuad/WMTSCapabilities.xml", timeout=30).status_code == 404
+    for path in ("/WMTSCapabilities.xml", "/WebMercatorQuad/tilejson.json", "/preview.png"):
+        response = httpx.get(root + path, timeout=30)
+        assert response.status_code == 400, (path, response.text)
+        assert "variables" in response.text
+
+
 def test_unknown_item_is_404(map_setup: MapSetup) -> None:
     url = map_setup.link("tilejson").replace(map_setup.item_id, "no-such-item")
     response = httpx.get(url, timeout=30)
@@ -178,8 +208,9 @@ def test_every_link_of_the_chain_item_is_answered(
     settings = Settings(catalog_backend="static", catalog_root=local_stack.root / "catalog")
     item = open_catalog(settings).get_item(done["collection"], done["item_id"])
     links = {link["rel"]: link["href"] for link in item["links"]}
-    for rel in ("viewer", "xyz", "tilejson", "wmts"):
-        assert links[rel].startswith(local_stack.raster_url + "/collections/"), rel
+    links["thumbnail"] = item["assets"]["thumbnail"]["href"]
+    for rel in ("viewer", "xyz", "tilejson", "wmts", "thumbnail"):
+        assert contract_problems(links[rel], local_stack.raster_url) == [], rel
     assert links["viewer"] == done["viewer_url"]
 
     tilejson = httpx.get(links["tilejson"], timeout=60).json()
@@ -189,9 +220,10 @@ def test_every_link_of_the_chain_item_is_answered(
     tile_response = httpx.get(fill_template(links["xyz"], tile.z, tile.x, tile.y), timeout=60)
     assert tile_response.status_code == 200
     assert (read_png(tile_response.content)[3] > 0).mean() > 0.5
-    thumbnail = httpx.get(item["assets"]["thumbnail"]["href"], timeout=60)
+    thumbnail = httpx.get(links["thumbnail"], timeout=60)
     assert thumbnail.status_code == 200
     assert read_png(thumbnail.content).shape[0] == 4
+    assert max(read_png(thumbnail.content).shape[1:]) <= 512
     wmts = httpx.get(links["wmts"], timeout=60)
     assert wmts.status_code == 200
     assert ET.fromstring(wmts.content).tag == f"{WMTS}Capabilities"

@@ -1,4 +1,4 @@
-"""GeoZarrReader on a real eopf-geozarr store: level choice, band stacking, store discovery."""
+"""GeoZarrReader on a real eopf-geozarr store: contract levels, band stacking, store discovery."""
 
 from __future__ import annotations
 
@@ -7,23 +7,28 @@ from typing import Any
 
 import morecantile
 import pytest
+from rasterio.warp import calculate_default_transform
 from rio_tiler.errors import InvalidBandName, MissingBands
 
 from geozarr_local.geozarr_reader import (
+    CURRENT_READS,
     GeoZarrReader,
     ItemSource,
+    ReadLog,
     StoreOpener,
     TtlCache,
-    VariableRef,
+    _resolution,
 )
-from geozarr_local.raster import default_variables, horizontal_bbox, store_url_for
+from geozarr_local.raster import horizontal_bbox, store_url_for
 from geozarr_pipeline.config import Settings
 from geozarr_pipeline.errors import SourceNotFound
 from geozarr_pipeline.stac.hrefs import canonical_store_url, public_to_storage, storage_to_public
+from geozarr_pipeline.visual.titiler_eopf import multiscale_level
 from tests.fixtures.stac_api import ConvertedStore
 
 LEVELS = ["r10m", "r20m", "r60m", "r120m", "r360m", "r720m"]
-TRUE_COLOR = [f"/measurements/reflectance/r10m:{band}" for band in ("b04", "b03", "b02")]
+LEVEL_METRES = {level: int(level[1:-1]) for level in LEVELS}
+TRUE_COLOR = [f"/measurements/reflectance:{band}" for band in ("b04", "b03", "b02")]
 
 
 @pytest.fixture(scope="module")
@@ -31,33 +36,81 @@ def source(converted_l2a: ConvertedStore) -> ItemSource:
     return ItemSource(item={}, store_url=str(converted_l2a.path), opener=StoreOpener(Settings()))
 
 
-def test_levels_are_the_multiscale_siblings_finest_first(source: ItemSource) -> None:
+def _layout(source: ItemSource) -> list[dict[str, Any]]:
+    attrs = source.opener.group_attrs(source.store_url, "/measurements/reflectance")
+    return list(attrs["multiscales"]["layout"])
+
+
+def _tile_reads(reader: GeoZarrReader, zoom: int) -> tuple[ReadLog, float]:
+    """Read the tile at the centre of the item at `zoom`; the reads and the tile's resolution."""
+    west, south, east, north = reader.get_geographic_bounds("epsg:4326")
+    tms = morecantile.tms.get("WebMercatorQuad")
+    tile = tms.tile((west + east) / 2, (south + north) / 2, zoom)
+    bounds = tms.xy_bounds(tile)
+    transform, _, _ = calculate_default_transform(tms.rasterio_crs, reader.crs, 256, 256, *bounds)
+    log = ReadLog()
+    token = CURRENT_READS.set(log)
+    try:
+        image = reader.tile(tile.x, tile.y, tile.z)
+    finally:
+        CURRENT_READS.reset(token)
+    assert image.count == len(reader.variables or [])
+    return log, float(transform.a)
+
+
+def test_a_multiscale_group_band_knows_the_levels_that_hold_it(source: ItemSource) -> None:
     reader = GeoZarrReader(source, variables=TRUE_COLOR)
-    levels = reader.levels(VariableRef.parse(TRUE_COLOR[0]))
-    assert [group.rsplit("/", 1)[1] for _, group in levels] == LEVELS
-    resolutions = [resolution for resolution, _ in levels]
-    assert resolutions == sorted(resolutions)
-    assert len(set(resolutions)) == len(LEVELS)
+    band = reader._bands[0]
+    assert [entry["asset"] for entry in band.levels] == LEVELS
+    assert band.default_group == "/measurements/reflectance/r10m"
+    b05 = GeoZarrReader(source, variables=["/measurements/reflectance:b05"])._bands[0]
+    assert "r10m" not in [entry["asset"] for entry in b05.levels], "r10m holds no b05"
 
 
-def test_reads_pick_the_coarsest_level_fine_enough(source: ItemSource) -> None:
+def test_tiles_at_min_and_max_zoom_read_the_level_the_contract_says(source: ItemSource) -> None:
     reader = GeoZarrReader(source, variables=TRUE_COLOR)
-    ref = VariableRef.parse(TRUE_COLOR[0])
-    levels = reader.levels(ref)
-    shapes = [reader._array(group, ref.variable).shape for _, group in levels]
-    assert len(set(shapes)) == len(shapes)
-    for index, (resolution, _group) in enumerate(levels):
-        assert reader._pick(ref, resolution).shape == shapes[index]
-        assert reader._pick(ref, resolution * 0.9).shape == shapes[max(index - 1, 0)]
-    assert reader._pick(ref, levels[-1][0] * 10).shape == shapes[-1]
+    layout = _layout(source)
+    low, target_low = _tile_reads(reader, reader.minzoom)
+    high, target_high = _tile_reads(reader, reader.maxzoom)
+    assert low.groups == [f"/measurements/reflectance/{multiscale_level(layout, target_low)}"]
+    assert high.groups == [f"/measurements/reflectance/{multiscale_level(layout, target_high)}"]
+    assert low.groups[0].rsplit("/", 1)[1] in ("r360m", "r720m"), "minzoom reads a coarse level"
+    assert high.groups == ["/measurements/reflectance/r10m"], "maxzoom reads the finest"
+    assert len(low.reads) == len(high.reads) == 3
 
 
-def test_a_level_group_never_reads_finer_than_requested(source: ItemSource) -> None:
+def test_every_zoom_reads_the_contract_level(source: ItemSource) -> None:
+    reader = GeoZarrReader(source, variables=TRUE_COLOR[:1])
+    layout = _layout(source)
+    seen = []
+    for zoom in range(reader.minzoom, reader.maxzoom + 1):
+        log, target = _tile_reads(reader, zoom)
+        expected = f"/measurements/reflectance/{multiscale_level(layout, target)}"
+        assert log.groups == [expected], f"zoom {zoom}"
+        seen.append(expected)
+    assert seen == sorted(seen, key=lambda group: -LEVEL_METRES[group.rsplit("/", 1)[1]])
+
+
+def test_a_level_group_is_read_at_every_zoom_as_in_production(source: ItemSource) -> None:
     spec = "/measurements/reflectance/r60m:b04"
     reader = GeoZarrReader(source, variables=[spec])
-    levels = reader.levels(VariableRef.parse(spec))
-    assert levels[0][1].endswith("/r60m")
-    assert all(not group.endswith(("/r10m", "/r20m")) for _, group in levels)
+    for zoom in (reader.minzoom, reader.maxzoom):
+        log, _target = _tile_reads(reader, zoom)
+        assert log.groups == ["/measurements/reflectance/r60m"]
+
+
+def test_the_preview_reads_a_coarse_level(source: ItemSource) -> None:
+    reader = GeoZarrReader(source, variables=TRUE_COLOR)
+    log = ReadLog()
+    token = CURRENT_READS.set(log)
+    try:
+        preview = reader.preview(max_size=16)
+    finally:
+        CURRENT_READS.reset(token)
+    assert max(preview.width, preview.height) <= 16
+    assert log.groups != ["/measurements/reflectance/r10m"]
+    target = max(reader.width, reader.height) * _resolution(reader._finest) / 16
+    assert log.groups == [f"/measurements/reflectance/{multiscale_level(_layout(source), target)}"]
 
 
 def test_tile_and_preview_stack_one_band_per_variable(source: ItemSource) -> None:
@@ -81,19 +134,6 @@ def test_bad_variables_are_named(source: ItemSource) -> None:
         GeoZarrReader(source, variables=["b04"])
     with pytest.raises(MissingBands):
         GeoZarrReader(source, variables=None)
-
-
-def test_default_variables_come_from_the_renders() -> None:
-    item: dict[str, Any] = {
-        "properties": {"renders": {"x": {"variables": ["/g/r10m:b08"]}}},
-        "assets": {},
-    }
-    assert default_variables(item) == ("/g/r10m:b08",)
-    item = {
-        "properties": {},
-        "assets": {"reflectance": {"href": "/d/X.zarr/measurements/reflectance"}},
-    }
-    assert default_variables(item) == tuple(TRUE_COLOR)
 
 
 def test_store_discovery_maps_public_hrefs_back_to_storage() -> None:

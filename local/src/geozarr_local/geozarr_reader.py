@@ -1,17 +1,22 @@
 """A rio-tiler reader for the GeoZarr stores that eopf-geozarr writes.
 
-A rendering names its bands as `{group}:{variable}` (e.g. `/measurements/reflectance/r10m:b04`).
-When the group is one level of a multiscale group (the parent's `multiscales.layout`), each
-read picks the coarsest level that is still at least as fine as the output needs, so a
-low-zoom tile or a preview never reads the 10 m arrays. Each band is read with rio-tiler's
-XarrayReader (reprojection to the tile matrix set included) and the bands are stacked.
+A rendering names its bands as `{group}:{variable}` (e.g. `/measurements/reflectance:b04`),
+the raster-API contract of `geozarr_pipeline.visual.titiler_eopf`. When the group carries a
+`multiscales` layout, each read takes the level titiler-eopf would take for the output's
+resolution (`multiscale_level`), so a low-zoom tile or a preview never reads the 10 m arrays;
+a variable of a level group (`.../reflectance/r10m:b04`) is read from that level alone, as in
+production. Each band is read with rio-tiler's XarrayReader (reprojection to the tile matrix
+set included) and the bands are stacked. The reads of a request (level, pixels) are
+collected in `CURRENT_READS` when the server sets one.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +27,12 @@ import obstore
 import xarray
 from morecantile import Tile, TileMatrixSet
 from rasterio.crs import CRS  # type: ignore[import-untyped]
-from rasterio.warp import transform_bounds  # type: ignore[import-untyped]
+from rasterio.transform import from_bounds  # type: ignore[import-untyped]
+from rasterio.warp import (  # type: ignore[import-untyped]
+    calculate_default_transform,
+    transform_bounds,
+)
+from rasterio.windows import from_bounds as window_from_bounds  # type: ignore[import-untyped]
 from rio_tiler.constants import WEB_MERCATOR_TMS
 from rio_tiler.errors import InvalidBandName, MissingBands, TileOutsideBounds
 from rio_tiler.io.base import BaseReader
@@ -33,6 +43,7 @@ from zarr.storage import ObjectStore
 
 from geozarr_pipeline.config import Settings
 from geozarr_pipeline.errors import SourceNotFound
+from geozarr_pipeline.visual.titiler_eopf import multiscale_level, split_variable
 
 CACHE_SECONDS = 60.0
 
@@ -46,22 +57,15 @@ class VariableRef:
 
     @classmethod
     def parse(cls, spec: str) -> VariableRef:
-        group, sep, variable = spec.rpartition(":")
-        if not sep or not variable:
-            raise InvalidBandName(
-                f"variable {spec!r} is not of the form '{{group}}:{{variable}}', "
-                "e.g. /measurements/reflectance/r10m:b04"
-            )
-        return cls(group="/" + group.strip("/"), variable=variable)
+        try:
+            group, variable = split_variable(spec)
+        except ValueError as exc:
+            raise InvalidBandName(f"{exc}, e.g. /measurements/reflectance:b04") from exc
+        return cls(group=group, variable=variable)
 
     @property
     def spec(self) -> str:
         return f"{self.group}:{self.variable}"
-
-
-def _parent(group: str) -> tuple[str, str]:
-    parent, _, name = group.rstrip("/").rpartition("/")
-    return (parent or "/"), name
 
 
 class TtlCache[K, V]:
@@ -155,7 +159,6 @@ class ItemSource:
     item: dict[str, Any]
     store_url: str
     opener: StoreOpener
-    default_variables: tuple[str, ...] = ()
 
 
 def _resolution(da: xarray.DataArray) -> float:
@@ -163,24 +166,88 @@ def _resolution(da: xarray.DataArray) -> float:
     return min(abs(float(xres)), abs(float(yres)))
 
 
+@dataclass(frozen=True)
+class LevelRead:
+    """One band read from one group: what a response reports in its headers."""
+
+    group: str
+    variable: str
+    pixels: int
+
+
+class ReadLog:
+    """The reads of one request, collected by the reader and reported by the server."""
+
+    def __init__(self) -> None:
+        self.reads: list[LevelRead] = []
+        self._lock = threading.Lock()
+
+    def add(self, read: LevelRead) -> None:
+        with self._lock:
+            self.reads.append(read)
+
+    @property
+    def groups(self) -> list[str]:
+        return list(dict.fromkeys(read.group for read in self.reads))
+
+    @property
+    def pixels(self) -> int:
+        return sum(read.pixels for read in self.reads)
+
+
+CURRENT_READS: ContextVar[ReadLog | None] = ContextVar("geozarr_reads", default=None)
+
+
+@dataclass(frozen=True)
+class Band:
+    """A requested variable and, when its group is multiscale, the levels that hold it."""
+
+    ref: VariableRef
+    levels: tuple[Mapping[str, Any], ...] = ()
+
+    @property
+    def default_group(self) -> str:
+        """The group read when the output size is unknown: the first level holding it."""
+        if not self.levels:
+            return self.ref.group
+        return self.level_group(str(self.levels[0]["asset"]))
+
+    def level_group(self, asset: str) -> str:
+        return f"{self.ref.group.rstrip('/')}/{asset}"
+
+    def group_for(self, target_resolution: float | None) -> str:
+        """titiler-eopf's choice (`titiler_eopf.multiscale_level`) for an output resolution."""
+        if not self.levels or target_resolution is None:
+            return self.default_group
+        return self.level_group(multiscale_level(self.levels, target_resolution))
+
+
 @attr.s
 class GeoZarrReader(BaseReader):
-    """Read `variables` of an item's GeoZarr store as one multi-band image."""
+    """Read `variables` of an item's GeoZarr store as one multi-band image.
+
+    As titiler-eopf's reader (`geozarr_pipeline.visual.titiler_eopf`): a variable of a
+    multiscale group is read at the level that fits each output, a variable of any other
+    group from that group alone.
+    """
 
     input: ItemSource = attr.ib()
     tms: TileMatrixSet = attr.ib(default=WEB_MERCATOR_TMS)
     variables: list[str] | None = attr.ib(default=None)
 
-    _refs: list[VariableRef] = attr.ib(init=False, factory=list)
+    _bands: list[Band] = attr.ib(init=False, factory=list)
     _finest: xarray.DataArray = attr.ib(init=False, default=None)
 
     def __attrs_post_init__(self) -> None:
-        specs = list(self.variables or self.input.default_variables)
+        specs = list(self.variables or ())
         if not specs:
-            raise MissingBands("no `variables` given and the item has no default rendering")
-        self._refs = [VariableRef.parse(spec) for spec in specs]
-        first = self._refs[0]
-        self._finest = self._array(first.group, first.variable)
+            raise MissingBands(
+                "`variables` is required: {group}:{variable}, once per band "
+                "(`expression` is not supported by the local raster server)"
+            )
+        self._bands = [self._band(VariableRef.parse(spec)) for spec in specs]
+        first = self._bands[0]
+        self._finest = self._array(first.default_group, first.ref.variable)
         self.bounds = tuple(self._finest.rio.bounds())
         self.crs = self._finest.rio.crs
         self.transform = self._finest.rio.transform()
@@ -200,63 +267,61 @@ class GeoZarrReader(BaseReader):
                 da = da.rio.write_crs(code)
         return da
 
-    def levels(self, ref: VariableRef) -> list[tuple[float, str]]:
-        """(resolution, group) of every level that can stand in for `ref`, finest first."""
-        parent, name = _parent(ref.group)
-        layout = (
-            self.input.opener.group_attrs(self.input.store_url, parent)
-            .get("multiscales", {})
-            .get("layout", [])
-        )
-        names = [str(level.get("asset")) for level in layout if isinstance(level, dict)]
-        requested = _resolution(self._array(ref.group, ref.variable))
-        found = [(requested, ref.group)]
-        if name in names:
-            for other in names:
-                group = f"{parent.rstrip('/')}/{other}"
-                if group == ref.group:
-                    continue
-                ds = self.input.opener.dataset(self.input.store_url, group)
-                if ref.variable not in ds.data_vars:
-                    continue
-                resolution = _resolution(ds[ref.variable])
-                if resolution >= requested:
-                    found.append((resolution, group))
-        return sorted(found)
-
-    def _pick(self, ref: VariableRef, target_resolution: float) -> xarray.DataArray:
-        """The coarsest level whose pixels are no larger than the output's."""
-        levels = self.levels(ref)
-        chosen = levels[0][1]
-        for resolution, group in levels:
-            if resolution <= target_resolution * 1.01:
-                chosen = group
-        return self._array(chosen, ref.variable)
+    def _band(self, ref: VariableRef) -> Band:
+        attrs = self.input.opener.group_attrs(self.input.store_url, ref.group)
+        layout = (attrs.get("multiscales") or {}).get("layout") or []
+        if not layout:
+            return Band(ref)
+        holding = []
+        for entry in layout:
+            group = f"{ref.group.rstrip('/')}/{entry.get('asset')}"
+            if ref.variable in self.input.opener.dataset(self.input.store_url, group).data_vars:
+                holding.append(entry)
+        if not holding:
+            raise InvalidBandName(
+                f"variable {ref.variable!r} is in no level of the multiscale group {ref.group!r}"
+            )
+        return Band(ref, tuple(holding))
 
     def _read(
-        self, target_resolution: float, read: Callable[[XarrayReader], ImageData]
+        self,
+        target_resolution: float | None,
+        window_bounds: tuple[BBox, CRS] | None,
+        read: Callable[[XarrayReader], ImageData],
     ) -> ImageData:
         images = []
-        for ref in self._refs:
-            with XarrayReader(self._pick(ref, target_resolution), tms=self.tms) as src:
+        log = CURRENT_READS.get()
+        for band in self._bands:
+            group = band.group_for(target_resolution)
+            array = self._array(group, band.ref.variable)
+            if log is not None:
+                log.add(LevelRead(group, band.ref.variable, _pixels_within(array, window_bounds)))
+            with XarrayReader(array, tms=self.tms) as src:
                 image = read(src)
-            image.band_names = [ref.spec]
-            image.band_descriptions = [ref.variable]
+            image.band_names = [band.ref.spec]
+            image.band_descriptions = [band.ref.variable]
             images.append(image)
         stacked = images[0] if len(images) == 1 else ImageData.create_from_list(images)
-        stacked.band_names = [ref.spec for ref in self._refs]
+        stacked.band_names = [band.ref.spec for band in self._bands]
         return stacked
 
-    def _target_for_bounds(self, bounds: BBox, crs: CRS, pixels: int) -> float:
-        """Size in dataset units of one output pixel over `bounds`."""
-        minx, miny, maxx, maxy = transform_bounds(crs, self.crs, *bounds, densify_pts=21)
-        return float(max(maxx - minx, maxy - miny)) / max(pixels, 1)
+    def _target_for_output(self, bounds: BBox, crs: CRS, width: int, height: int) -> float:
+        """Size in dataset units of one output pixel over `bounds` (in `crs`).
+
+        As `calculate_output_transform` of titiler/eopf/reader.py (commit in
+        `titiler_eopf.UPSTREAM_COMMIT`): the output grid's transform in the dataset CRS.
+        """
+        if crs == self.crs:
+            return float(from_bounds(*bounds, width=width, height=height).a)
+        transform, _, _ = calculate_default_transform(crs, self.crs, width, height, *bounds)
+        return float(transform.a)
 
     # Zoom range over all levels ---------------------------------------------------------
 
     @property
     def minzoom(self) -> int:
-        coarsest = self._array(*reversed(self._coarsest_level()))
+        band = self._bands[0]
+        coarsest = self._array(band.group_for(math.inf), band.ref.variable)
         with XarrayReader(coarsest, tms=self.tms) as src:
             return int(src.minzoom)
 
@@ -265,58 +330,89 @@ class GeoZarrReader(BaseReader):
         with XarrayReader(self._finest, tms=self.tms) as src:
             return int(src.maxzoom)
 
-    def _coarsest_level(self) -> tuple[str, str]:
-        ref = self._refs[0]
-        return ref.variable, self.levels(ref)[-1][1]
-
     # rio-tiler reader API ---------------------------------------------------------------
 
     def info(self) -> Info:
         with XarrayReader(self._finest, tms=self.tms) as src:
             info: Info = src.info()
-        info.band_descriptions = [(f"b{i}", ref.spec) for i, ref in enumerate(self._refs, 1)]
+        info.band_descriptions = [(f"b{i}", band.ref.spec) for i, band in enumerate(self._bands, 1)]
         return info
 
     def statistics(self, **kwargs: Any) -> dict[str, BandStatistics]:
         image = self.preview(max_size=1024)
         stats = image.statistics(**{k: v for k, v in kwargs.items() if v is not None})
-        return dict(zip([ref.spec for ref in self._refs], stats.values(), strict=True))
+        return dict(zip([band.ref.spec for band in self._bands], stats.values(), strict=True))
 
     def tile(
         self, tile_x: int, tile_y: int, tile_z: int, tilesize: int | None = None, **kwargs: Any
     ) -> ImageData:
         if not self.tile_exists(tile_x, tile_y, tile_z):
             raise TileOutsideBounds(f"Tile(x={tile_x}, y={tile_y}, z={tile_z}) is outside bounds")
-        matrix = self.tms.matrix(tile_z)
-        pixels = tilesize or matrix.tileWidth
+        pixels = tilesize or self.tms.matrix(tile_z).tileWidth
         bounds = self.tms.xy_bounds(Tile(x=tile_x, y=tile_y, z=tile_z))
         box = (bounds.left, bounds.bottom, bounds.right, bounds.top)
-        target = self._target_for_bounds(box, self.tms.rasterio_crs, pixels)
+        crs = self.tms.rasterio_crs
+        target = self._target_for_output(box, crs, pixels, pixels)
         return self._read(
-            target, lambda src: src.tile(tile_x, tile_y, tile_z, tilesize=tilesize, **kwargs)
+            target,
+            (box, crs),
+            lambda src: src.tile(tile_x, tile_y, tile_z, tilesize=tilesize, **kwargs),
         )
 
+    def _output_size(
+        self, max_size: int | None, width: int | None, height: int | None
+    ) -> tuple[int, int]:
+        """(width, height) of a whole-item image, as rio-tiler sizes it."""
+        if width and height:
+            return width, height
+        ratio = (self.height or 1) / (self.width or 1)
+        if width:
+            return width, max(1, math.ceil(width * ratio))
+        if height:
+            return max(1, math.ceil(height / ratio)), height
+        long_side = max_size or max(self.width or 1, self.height or 1)
+        if ratio <= 1:
+            return long_side, max(1, round(long_side * ratio))
+        return max(1, round(long_side / ratio)), long_side
+
     def preview(self, max_size: int | None = 1024, **kwargs: Any) -> ImageData:
-        size = max_size or max(kwargs.get("width") or 0, kwargs.get("height") or 0) or 1024
-        target = max(self.bounds[2] - self.bounds[0], self.bounds[3] - self.bounds[1]) / size
+        width, height = self._output_size(max_size, kwargs.get("width"), kwargs.get("height"))
+        west, south, east, north = self.bounds
+        target = self._target_for_output((west, south, east, north), self.crs, width, height)
         options: dict[str, Any] = {"max_size": max_size, **kwargs}
-        return self._read(target, lambda src: src.preview(**options))
+        return self._read(target, None, lambda src: src.preview(**options))
 
     def part(self, bbox: BBox, **kwargs: Any) -> ImageData:
         crs = kwargs.get("bounds_crs") or CRS.from_epsg(4326)
         pixels = kwargs.get("max_size") or kwargs.get("width") or kwargs.get("height") or 1024
-        target = self._target_for_bounds(bbox, crs, pixels)
-        return self._read(target, lambda src: src.part(bbox, **kwargs))
+        target = self._target_for_output(bbox, crs, pixels, pixels)
+        return self._read(target, (bbox, crs), lambda src: src.part(bbox, **kwargs))
 
     def feature(self, shape: dict[str, Any], **kwargs: Any) -> ImageData:
         pixels = kwargs.get("max_size") or kwargs.get("width") or kwargs.get("height") or 1024
         extent = max(self.width or 1, self.height or 1)
         target = _resolution(self._finest) * extent / pixels
-        return self._read(target, lambda src: src.feature(shape, **kwargs))
+        return self._read(target, None, lambda src: src.feature(shape, **kwargs))
 
     def point(self, lon: float, lat: float, **kwargs: Any) -> PointData:
         points = []
-        for ref in self._refs:
-            with XarrayReader(self._array(ref.group, ref.variable), tms=self.tms) as src:
+        for band in self._bands:
+            array = self._array(band.default_group, band.ref.variable)
+            with XarrayReader(array, tms=self.tms) as src:
                 points.append(src.point(lon, lat, **kwargs))
         return PointData.create_from_list(points)
+
+
+def _pixels_within(array: xarray.DataArray, window_bounds: tuple[BBox, CRS] | None) -> int:
+    """Pixels of `array` inside the bounds (all of them without bounds): what a read clips."""
+    rows, cols = int(array.rio.height), int(array.rio.width)
+    if window_bounds is None:
+        return rows * cols
+    bounds, crs = window_bounds
+    left, bottom, right, top = transform_bounds(crs, array.rio.crs, *bounds, densify_pts=21)
+    window = window_from_bounds(left, bottom, right, top, transform=array.rio.transform())
+    row_off, col_off = float(window.row_off), float(window.col_off)
+    row0, col0 = max(0, math.floor(row_off)), max(0, math.floor(col_off))
+    row1 = min(rows, math.ceil(row_off + float(window.height)))
+    col1 = min(cols, math.ceil(col_off + float(window.width)))
+    return max(0, row1 - row0) * max(0, col1 - col0)

@@ -1,20 +1,24 @@
-"""The local raster API: the item URL shapes of production's TiTiler, for the local catalog.
+"""The local raster API: production's titiler-eopf URL contract, for the local catalog.
 
     python -m geozarr_local.raster --host 127.0.0.1 --port 8010
 
 Serves, for every item of the configured catalog (Settings: GEOZARR_CATALOG_BACKEND,
-GEOZARR_CATALOG_ROOT or GEOZARR_STAC_API_URL; GEOZARR_S3_* for s3:// stores):
+GEOZARR_CATALOG_ROOT or GEOZARR_STAC_API_URL; GEOZARR_S3_* for s3:// stores), the routes of
+`geozarr_pipeline.visual.titiler_eopf` (read from titiler-eopf, commit named there):
 
     /collections/{c}/items/{i}/tiles/{tms}/{z}/{x}/{y}[.{format}]   map tiles
     /collections/{c}/items/{i}/{tms}/tilejson.json                  TileJSON 3.0.0
-    /collections/{c}/items/{i}/{tms}/WMTSCapabilities.xml           WMTS 1.0.0, one layer per render
+    /collections/{c}/items/{i}/WMTSCapabilities.xml                 WMTS 1.0.0
     /collections/{c}/items/{i}/preview[.{format}]                   whole-item image (thumbnail)
     /collections/{c}/items/{i}/viewer                               Leaflet map of the item
     /healthz
 
 Tiles and previews are TiTiler (titiler.core factory, titiler-xarray dependencies) over
-`GeoZarrReader`; query parameters are titiler-eopf's: `variables={group}:{var}` (repeated),
-`rescale`, `color_formula`, `bidx`, ...
+`GeoZarrReader`; every image route needs `variables={group}:{var}` (repeated), as
+titiler-eopf does, with `rescale`, `color_formula`, `bidx`, ... A variable of a multiscale
+group is read at the level that fits each tile; each image response names the levels it
+read (`X-GeoZarr-Levels`) and the source pixels it clipped (`X-GeoZarr-Pixels-Read`).
+Unlike titiler-eopf, `expression` is not supported here.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from rio_tiler.errors import MissingBands
 from starlette.middleware.cors import CORSMiddleware
 from titiler.core.dependencies import BidxParams, DefaultDependency
 from titiler.core.errors import DEFAULT_STATUS_CODES, add_exception_handlers
@@ -47,8 +52,10 @@ from titiler.core.resources.enums import ImageType
 from titiler.xarray.dependencies import DatasetParams, PartFeatureParams, PreviewParams
 
 from geozarr_local.geozarr_reader import (
+    CURRENT_READS,
     GeoZarrReader,
     ItemSource,
+    ReadLog,
     StoreOpener,
     TtlCache,
 )
@@ -56,15 +63,31 @@ from geozarr_pipeline.catalog import Catalog, open_catalog
 from geozarr_pipeline.config import Settings
 from geozarr_pipeline.errors import PipelineError, SourceNotFound, status_code_for
 from geozarr_pipeline.stac.hrefs import public_to_storage
+from geozarr_pipeline.visual import titiler_eopf as contract
 from geozarr_pipeline.visual.encoding import with_query
-from geozarr_pipeline.visual.item import PRODUCT_KEY, default_rendering, store_root
+from geozarr_pipeline.visual.item import PRODUCT_KEY, default_rendering, storage_store, store_root
 from geozarr_pipeline.visual.links import DEFAULT_TMS
-from geozarr_pipeline.visual.rendering import render_query
 
 log = logging.getLogger(__name__)
 
-ITEM_PREFIX = "/collections/{collection_id}/items/{item_id}"
+ITEM_PREFIX = contract.ITEM_PREFIX
+# Query keys of the WMTS request that are not passed on to its tiles (as extensions.py).
+WMTS_OWN_QUERY = {
+    "tile_format",
+    "use_epsg",
+    "tilesize",
+    "service",
+    "request",
+    "acceptversions",
+    "sections",
+    "updatesequence",
+    "acceptformats",
+}
+# titiler-eopf lists every supported tile matrix set; these two are what web maps use.
+WMTS_MATRIX_SETS = (contract.DEFAULT_TMS, "WorldCRS84Quad")
 ITEM_CACHE_SECONDS = 5.0
+LEVELS_HEADER = "X-GeoZarr-Levels"
+PIXELS_HEADER = "X-GeoZarr-Pixels-Read"
 STATIC_PACKAGE = "geozarr_local"
 SUPPORTED_TMS = morecantile.tms
 
@@ -95,17 +118,6 @@ def store_url_for(item: dict[str, Any], settings: Settings) -> str:
     return store
 
 
-def default_variables(item: dict[str, Any]) -> tuple[str, ...]:
-    """The variables of the item's first render entry, else of its default true colour."""
-    for entry in ((item.get("properties") or {}).get("renders") or {}).values():
-        if isinstance(entry, dict) and entry.get("variables"):
-            return tuple(str(v) for v in entry["variables"])
-    try:
-        return default_rendering(item).variables
-    except PipelineError:
-        return ()
-
-
 @dataclass
 class ItemResolver:
     """Items from the catalog (cached for a few seconds: a map asks for many tiles at once)."""
@@ -128,7 +140,6 @@ class ItemResolver:
             item=item,
             store_url=store_url_for(item, self.settings),
             opener=self.opener,
-            default_variables=default_variables(item),
         )
 
 
@@ -174,22 +185,6 @@ def _link_query(item: dict[str, Any], rel: str) -> list[tuple[str, str]] | None:
     return None
 
 
-def _wmts_layers(
-    item: dict[str, Any], request_query: list[tuple[str, str]]
-) -> list[tuple[str, str, list[tuple[str, str]]]]:
-    """(identifier, title, query) of each layer: one per render entry, plus the request's."""
-    layers: list[tuple[str, str, list[tuple[str, str]]]] = []
-    for key, entry in ((item.get("properties") or {}).get("renders") or {}).items():
-        if isinstance(entry, dict) and entry.get("variables"):
-            layers.append((str(key), str(entry.get("title") or key), render_query(entry)))
-    if any(k == "variables" for k, _ in request_query):
-        layers.insert(0, ("default", "Requested rendering", request_query))
-    if not layers:
-        rendering = default_rendering(item)
-        layers.append((rendering.key, rendering.title, rendering.query()))
-    return layers
-
-
 def horizontal_bbox(bbox: Any) -> list[float]:
     """West, south, east, north of a 2D or 3D STAC bbox; the Web Mercator world without one."""
     if isinstance(bbox, list) and len(bbox) == 6:
@@ -199,19 +194,35 @@ def horizontal_bbox(bbox: Any) -> list[float]:
     return [-180.0, -85.0511, 180.0, 85.0511]
 
 
+@dataclass(frozen=True)
+class WmtsLayer:
+    """One layer of the capabilities document: a tile matrix set and the query of its tiles."""
+
+    identifier: str
+    title: str
+    tms: morecantile.TileMatrixSet
+    query: list[tuple[str, str]]
+
+
 def wmts_capabilities(
-    tms: morecantile.TileMatrixSet,
     tiles_root: str,
     bbox: Sequence[float],
-    layers: list[tuple[str, str, list[tuple[str, str]]]],
+    layers: list[WmtsLayer],
     image_format: str,
 ) -> str:
-    """A WMTS 1.0.0 GetCapabilities document with RESTful tile URL templates."""
+    """A WMTS 1.0.0 GetCapabilities document with RESTful tile URL templates.
+
+    As titiler-eopf's EOPFwmtsExtension (titiler/eopf/extensions.py): one layer per tile
+    matrix set, named `{store}_{tms}_default`, its tiles carrying the request's query.
+    """
     west, south, east, north = bbox
-    tms_id = str(tms.id)
-    template = f"{tiles_root}/tiles/{tms_id}/{{TileMatrix}}/{{TileCol}}/{{TileRow}}.{image_format}"
     layer_xml = []
-    for identifier, title, query in layers:
+    for layer in layers:
+        tms_id = str(layer.tms.id)
+        template = (
+            f"{tiles_root}/tiles/{tms_id}/{{TileMatrix}}/{{TileCol}}/{{TileRow}}.{image_format}"
+        )
+        identifier, title, query = layer.identifier, layer.title, layer.query
         layer_xml.append(
             f"""    <Layer>
       <ows:Title>{escape(title)}</ows:Title>
@@ -227,6 +238,26 @@ def wmts_capabilities(
         template="{escape(with_query(template, query), {'"': "&quot;"})}"/>
     </Layer>"""
         )
+    matrix_sets = {str(layer.tms.id): tile_matrix_set_xml(layer.tms) for layer in layers}
+    newline = "\n"
+    return f"""<?xml version="1.0" encoding="UTF-8"?>
+<Capabilities xmlns="http://www.opengis.net/wmts/1.0" xmlns:ows="http://www.opengis.net/ows/1.1"
+  xmlns:xlink="http://www.w3.org/1999/xlink" version="1.0.0">
+  <ows:ServiceIdentification>
+    <ows:Title>GeoZarr pipeline local raster API</ows:Title>
+    <ows:ServiceType>OGC WMTS</ows:ServiceType>
+    <ows:ServiceTypeVersion>1.0.0</ows:ServiceTypeVersion>
+  </ows:ServiceIdentification>
+  <Contents>
+{newline.join(layer_xml)}
+{newline.join(matrix_sets.values())}
+  </Contents>
+  <ServiceMetadataURL xlink:href="{escape(tiles_root)}/WMTSCapabilities.xml"/>
+</Capabilities>
+"""
+
+
+def tile_matrix_set_xml(tms: morecantile.TileMatrixSet) -> str:
     crs_urn = f"urn:ogc:def:crs:EPSG::{tms.crs.to_epsg()}"
     matrices = []
     for matrix in tms.tileMatrices:
@@ -243,25 +274,11 @@ def wmts_capabilities(
       </TileMatrix>"""
         )
     newline = "\n"
-    return f"""<?xml version="1.0" encoding="UTF-8"?>
-<Capabilities xmlns="http://www.opengis.net/wmts/1.0" xmlns:ows="http://www.opengis.net/ows/1.1"
-  xmlns:xlink="http://www.w3.org/1999/xlink" version="1.0.0">
-  <ows:ServiceIdentification>
-    <ows:Title>GeoZarr pipeline local raster API</ows:Title>
-    <ows:ServiceType>OGC WMTS</ows:ServiceType>
-    <ows:ServiceTypeVersion>1.0.0</ows:ServiceTypeVersion>
-  </ows:ServiceIdentification>
-  <Contents>
-{newline.join(layer_xml)}
-    <TileMatrixSet>
-      <ows:Identifier>{escape(tms_id)}</ows:Identifier>
+    return f"""    <TileMatrixSet>
+      <ows:Identifier>{escape(str(tms.id))}</ows:Identifier>
       <ows:SupportedCRS>{crs_urn}</ows:SupportedCRS>
 {newline.join(matrices)}
-    </TileMatrixSet>
-  </Contents>
-  <ServiceMetadataURL xlink:href="{escape(tiles_root)}/{escape(tms_id)}/WMTSCapabilities.xml"/>
-</Capabilities>
-"""
+    </TileMatrixSet>"""
 
 
 def viewer_html(config: dict[str, Any]) -> str:
@@ -337,23 +354,34 @@ def create_app(settings: Settings, catalog: Catalog | None = None) -> FastAPI:
             "maxzoom": high,
         }
 
-    @app.get(f"{ITEM_PREFIX}/{{tileMatrixSetId}}/WMTSCapabilities.xml")
+    @app.get(f"{ITEM_PREFIX}{contract.WMTS.template}")
     def wmts(
         request: Request,
         collection_id: str,
         item_id: str,
-        tileMatrixSetId: str,  # noqa: N803
         tile_format: Annotated[ImageType | None, Query()] = None,
+        reader_params: VariablesParams = Depends(VariablesParams),  # noqa: B008
     ) -> Response:
-        tms = tile_matrix_set(tileMatrixSetId)
+        if not reader_params.variables:
+            raise MissingBands(
+                "WMTSCapabilities.xml needs `variables` ({group}:{variable}, one per band)"
+            )
         item = resolver.item(collection_id, item_id)
-        query = _query_without(request, {"tile_format"})
-        bbox = horizontal_bbox(item.get("bbox"))
+        query = _query_without(request, WMTS_OWN_QUERY)
+        store = storage_store(item) or item_id
+        layers = [
+            WmtsLayer(
+                identifier=contract.wmts_layer(store, tms_id),
+                title=f"{item_id} ({tms_id})",
+                tms=tile_matrix_set(tms_id),
+                query=query,
+            )
+            for tms_id in WMTS_MATRIX_SETS
+        ]
         body = wmts_capabilities(
-            tms,
             _item_root(request, collection_id, item_id),
-            bbox,
-            _wmts_layers(item, query),
+            horizontal_bbox(item.get("bbox")),
+            layers,
             tile_format.value if tile_format else "png",
         )
         return Response(body, media_type="application/xml")
@@ -374,6 +402,19 @@ def create_app(settings: Settings, catalog: Catalog | None = None) -> FastAPI:
             "static_url": f"{_base_url(request)}/static",
         }
         return HTMLResponse(viewer_html(config))
+
+    @app.middleware("http")
+    async def report_reads(request: Request, call_next: Any) -> Response:
+        reads = ReadLog()
+        token = CURRENT_READS.set(reads)
+        try:
+            response: Response = await call_next(request)
+        finally:
+            CURRENT_READS.reset(token)
+        if reads.reads:
+            response.headers[LEVELS_HEADER] = ",".join(reads.groups)
+            response.headers[PIXELS_HEADER] = str(reads.pixels)
+        return response
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:

@@ -19,15 +19,22 @@ from geozarr_pipeline.visual import (
     add_visualisation,
     split_zarr_href,
 )
+from geozarr_pipeline.visual import titiler_eopf as contract
 from geozarr_pipeline.visual.rendering import render_query
+from geozarr_pipeline.visual.titiler_eopf import (
+    contract_problems,
+    multiscale_level,
+    parse_url,
+    split_variable,
+)
 
 DATA = Path(__file__).parent / "data"
 RASTER = "https://raster.example.test/raster"
 REFLECTANCE = "/measurements/reflectance"
 TRUE_COLOR_VARIABLES = [
-    "/measurements/reflectance/r10m:b04",
-    "/measurements/reflectance/r10m:b03",
-    "/measurements/reflectance/r10m:b02",
+    "/measurements/reflectance:b04",
+    "/measurements/reflectance:b03",
+    "/measurements/reflectance:b02",
 ]
 
 
@@ -69,13 +76,98 @@ def test_links_have_the_operator_shapes(augmented: dict[str, Any]) -> None:
     assert xyz["type"] == "image/png"
     assert tilejson["href"].startswith(f"{root}/WebMercatorQuad/tilejson.json?")
     assert tilejson["type"] == "application/json"
-    assert wmts["href"] == f"{root}/WebMercatorQuad/WMTSCapabilities.xml"
-    assert wmts["wmts:layer"] == "true-color"
+    assert wmts["href"].startswith(f"{root}/WMTSCapabilities.xml?")
+    store = registered_store(augmented)
+    assert wmts["wmts:layer"] == f"{store}_WebMercatorQuad_default"
     for link in (viewer, xyz, tilejson, wmts):
         assert link["title"]
 
 
-def test_default_rendering_is_true_colour_of_the_10m_level(augmented: dict[str, Any]) -> None:
+def registered_store(item: dict[str, Any]) -> str:
+    """The store the raster API reads: the product's s3 alternate, else the store link."""
+    product = item["assets"].get("product") or {}
+    alternate = (product.get("alternate") or {}).get("s3")
+    if alternate:
+        return str(alternate["href"]).rstrip("/")
+    (store,) = links_by_rel(item, "store")
+    return str(store["href"]).rstrip("/")
+
+
+def test_every_link_keeps_the_titiler_eopf_contract(augmented: dict[str, Any]) -> None:
+    hrefs = {link["rel"]: link["href"] for link in augmented["links"]}
+    hrefs["thumbnail"] = augmented["assets"]["thumbnail"]["href"]
+    routes = {}
+    for rel in ("viewer", "xyz", "tilejson", "wmts", "thumbnail"):
+        assert contract_problems(hrefs[rel], RASTER) == [], rel
+        request = parse_url(hrefs[rel], RASTER)
+        assert (request.collection_id, request.item_id) == (
+            augmented["collection"],
+            augmented["id"],
+        )
+        routes[rel] = request
+    assert {rel: request.route for rel, request in routes.items()} == {
+        "viewer": contract.VIEWER,
+        "xyz": contract.TILE,
+        "tilejson": contract.TILEJSON,
+        "wmts": contract.WMTS,
+        "thumbnail": contract.PREVIEW,
+    }
+    reflectance = augmented["assets"]["reflectance"]["href"]
+    group = "/" + reflectance.rstrip("/").split(".zarr/", 1)[1]
+    for rel in ("xyz", "tilejson", "wmts", "thumbnail"):
+        variables = routes[rel].values("variables")
+        assert [split_variable(v)[0] for v in variables] == [group] * 3, rel
+        assert "%20" in routes[rel].raw_query, "the colour formula's spaces are %20"
+    assert routes["xyz"].path_values["tileMatrixSetId"] == "WebMercatorQuad"
+    assert routes["thumbnail"].values("max_size") == ["512"]
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        (f"{RASTER}/collections/c/items/i/WebMercatorQuad/WMTSCapabilities.xml", "no route"),
+        (f"{RASTER}/collections/c/items/i/tiles/WebMercatorQuad/1/2/3.png", "neither"),
+        (f"{RASTER}/collections/c/items/i/preview.png?variables=b04", "not of the form"),
+        (f"{RASTER}/collections/c/items/i/viewer?color_formula=a+b", "not in the contract"),
+        (f"{RASTER}/collections/c/items/i/preview.png?variables=/g:b&color_formula=a+b", "'+'"),
+        (
+            f"{RASTER}/collections/c/items/i/tiles/WebMercatorQuad/1/2/3.gif?variables=/g:b",
+            "format",
+        ),
+        ("https://elsewhere.test/collections/c/items/i/viewer", "not on the raster API"),
+    ],
+)
+def test_the_contract_names_what_a_link_gets_wrong(url: str, problem: str) -> None:
+    problems = contract_problems(url, RASTER)
+    assert problems
+    assert any(problem in p for p in problems), problems
+
+
+def test_multiscale_level_mirrors_titiler_eopf() -> None:
+    def entry(asset: str, size: float) -> dict[str, Any]:
+        return {"asset": asset, "spatial:transform": [size, 0.0, 0.0, 0.0, -size, 0.0]}
+
+    layout = [entry("r10m", 10), entry("r20m", 20), entry("r60m", 60), entry("r120m", 120)]
+    # From the coarsest: a level is taken once the target is past half-way from the finer one.
+    assert multiscale_level(layout, 500.0) == "r120m"
+    assert multiscale_level(layout, 91.0) == "r120m"
+    assert multiscale_level(layout, 90.0) == "r60m"
+    assert multiscale_level(layout, 60.0) == "r60m"
+    assert multiscale_level(layout, 41.0) == "r60m"
+    assert multiscale_level(layout, 39.0) == "r20m"
+    assert multiscale_level(layout, 15.5) == "r20m"
+    assert multiscale_level(layout, 15.0) == "r10m"
+    assert multiscale_level(layout, 1.0) == "r10m"
+    assert multiscale_level(layout, 39.0, "UPPER") == "r60m"
+    assert multiscale_level(layout, 59.0, "LOWER") == "r20m"
+    assert multiscale_level(layout[:1], 999.0) == "r10m"
+    with pytest.raises(ValueError, match="transform"):
+        multiscale_level([{"asset": "r10m"}], 10.0)
+
+
+def test_default_rendering_is_true_colour_of_the_multiscale_group(
+    augmented: dict[str, Any],
+) -> None:
     (xyz,) = links_by_rel(augmented, "xyz")
     query = decoded(raw_query_pairs(xyz["href"]))
     assert [v for k, v in query if k == "variables"] == TRUE_COLOR_VARIABLES
@@ -86,7 +178,9 @@ def test_default_rendering_is_true_colour_of_the_10m_level(augmented: dict[str, 
 
 
 def test_every_query_value_is_encoded_the_same_way(augmented: dict[str, Any]) -> None:
-    hrefs = [link["href"] for link in augmented["links"] if link["rel"] in ("xyz", "tilejson")]
+    hrefs = [
+        link["href"] for link in augmented["links"] if link["rel"] in ("xyz", "tilejson", "wmts")
+    ]
     hrefs.append(augmented["assets"]["thumbnail"]["href"])
     queries = []
     for href in hrefs:
@@ -98,8 +192,8 @@ def test_every_query_value_is_encoded_the_same_way(augmented: dict[str, Any]) ->
             assert value == quote(unquote(value), safe=""), (key, value)
             assert key == quote(unquote(key), safe="")
             assert not re.search(r"[,:/ ]", value), (key, value)
-        queries.append([pair for pair in decoded(pairs) if pair != ("format", "png")])
-    assert queries[0] == queries[1] == queries[2]
+        queries.append([pair for pair in decoded(pairs) if pair[0] != "max_size"])
+    assert queries[0] == queries[1] == queries[2] == queries[3]
 
 
 def test_render_entry_describes_the_same_rendering(augmented: dict[str, Any]) -> None:
@@ -115,7 +209,7 @@ def test_render_entry_describes_the_same_rendering(augmented: dict[str, Any]) ->
 def test_thumbnail_is_a_png_preview(augmented: dict[str, Any]) -> None:
     thumbnail = augmented["assets"]["thumbnail"]
     root = f"{RASTER}/collections/{augmented['collection']}/items/{augmented['id']}"
-    assert thumbnail["href"].startswith(f"{root}/preview?format=png&")
+    assert thumbnail["href"].startswith(f"{root}/preview.png?max_size=512&")
     assert thumbnail["type"] == "image/png"
     assert thumbnail["roles"] == ["thumbnail"]
 

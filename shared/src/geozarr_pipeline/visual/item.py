@@ -17,6 +17,7 @@ from geozarr_pipeline.visual.rendering import (
     Rendering,
     true_color,
 )
+from geozarr_pipeline.visual.titiler_eopf import wmts_layer
 
 StacItem = dict[str, Any]
 
@@ -56,6 +57,13 @@ def store_root(item: StacItem) -> str | None:
         if ZARR_SUFFIX + "/" in href or href.rstrip("/").endswith(ZARR_SUFFIX):
             return split_zarr_href(href)[0]
     return None
+
+
+def storage_store(item: StacItem) -> str | None:
+    """The store as the raster API reads it: the product's `s3` alternate, else its root."""
+    product = (item.get("assets") or {}).get(PRODUCT_KEY) or {}
+    alternate = ((product.get("alternate") or {}).get("s3") or {}).get("href")
+    return str(alternate).rstrip("/") if alternate else store_root(item)
 
 
 def group_of(item: StacItem, href: str) -> str:
@@ -98,9 +106,10 @@ def default_rendering(item: StacItem) -> Rendering:
     return true_color(asset=key, group=group)
 
 
-def visual_links(
-    api: RasterApi, collection: str, item_id: str, rendering: Rendering
-) -> list[dict[str, Any]]:
+def visual_links(api: RasterApi, item: StacItem, rendering: Rendering) -> list[dict[str, Any]]:
+    item_id = str(item["id"])
+    collection = str(item["collection"])
+    store = storage_store(item) or item_id
     return [
         {
             "rel": "viewer",
@@ -122,10 +131,10 @@ def visual_links(
         },
         {
             "rel": "wmts",
-            "href": api.wmts_url(collection, item_id),
+            "href": api.wmts_url(collection, item_id, rendering),
             "type": "application/xml",
             "title": f"WMTS capabilities for {item_id}",
-            "wmts:layer": rendering.key,
+            "wmts:layer": wmts_layer(store, api.tms),
         },
     ]
 
@@ -153,7 +162,7 @@ def add_visualisation(
     result = copy.deepcopy(item)
 
     kept = [link for link in result.get("links") or [] if link.get("rel") not in VISUAL_RELS]
-    result["links"] = kept + visual_links(api, collection, item_id, rendering)
+    result["links"] = kept + visual_links(api, result, rendering)
 
     assets = dict(result.get("assets") or {})
     assets[THUMBNAIL_KEY] = thumbnail_asset(api, collection, item_id, rendering)

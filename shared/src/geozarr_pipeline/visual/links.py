@@ -1,21 +1,24 @@
-"""URLs of the raster API for one item, in the shapes operators already use.
+"""URLs of the raster API for one item, built on the titiler-eopf contract (`titiler_eopf`).
 
 {raster}/collections/{collection}/items/{item}/viewer
 {raster}/collections/{collection}/items/{item}/tiles/WebMercatorQuad/{z}/{x}/{y}.png?...
 {raster}/collections/{collection}/items/{item}/WebMercatorQuad/tilejson.json?...
-{raster}/collections/{collection}/items/{item}/WebMercatorQuad/WMTSCapabilities.xml
-{raster}/collections/{collection}/items/{item}/preview?format=png&...
+{raster}/collections/{collection}/items/{item}/WMTSCapabilities.xml?...
+{raster}/collections/{collection}/items/{item}/preview.png?max_size=512&...
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from geozarr_pipeline.visual import titiler_eopf as contract
 from geozarr_pipeline.visual.encoding import quote_value, with_query
 from geozarr_pipeline.visual.rendering import Rendering
 
-DEFAULT_TMS = "WebMercatorQuad"
-TILE_TEMPLATE = "{z}/{x}/{y}"
+DEFAULT_TMS = contract.DEFAULT_TMS
+TILE_FORMAT = "png"
+# The long side of the thumbnail: a preview of this size reads a coarse level.
+THUMBNAIL_SIZE = 512
 
 
 @dataclass(frozen=True)
@@ -27,22 +30,29 @@ class RasterApi:
 
     def item_root(self, collection: str, item_id: str) -> str:
         base = self.base_url.rstrip("/")
-        return f"{base}/collections/{quote_value(collection)}/items/{quote_value(item_id)}"
+        prefix = contract.ITEM_PREFIX.format(
+            collection_id=quote_value(collection), item_id=quote_value(item_id)
+        )
+        return f"{base}{prefix}"
 
     def viewer_url(self, collection: str, item_id: str) -> str:
-        return f"{self.item_root(collection, item_id)}/viewer"
+        return self.item_root(collection, item_id) + contract.VIEWER.path()
 
     def tiles_url(self, collection: str, item_id: str, rendering: Rendering) -> str:
-        root = self.item_root(collection, item_id)
-        return with_query(f"{root}/tiles/{self.tms}/{TILE_TEMPLATE}.png", rendering.query())
+        path = contract.TILE.path(
+            tileMatrixSetId=self.tms, z="{z}", x="{x}", y="{y}", format=TILE_FORMAT
+        )
+        return with_query(self.item_root(collection, item_id) + path, rendering.query())
 
     def tilejson_url(self, collection: str, item_id: str, rendering: Rendering) -> str:
-        root = self.item_root(collection, item_id)
-        return with_query(f"{root}/{self.tms}/tilejson.json", rendering.query())
+        path = contract.TILEJSON.path(tileMatrixSetId=self.tms)
+        return with_query(self.item_root(collection, item_id) + path, rendering.query())
 
-    def wmts_url(self, collection: str, item_id: str) -> str:
-        return f"{self.item_root(collection, item_id)}/{self.tms}/WMTSCapabilities.xml"
+    def wmts_url(self, collection: str, item_id: str, rendering: Rendering) -> str:
+        path = contract.WMTS.path()
+        return with_query(self.item_root(collection, item_id) + path, rendering.query())
 
     def preview_url(self, collection: str, item_id: str, rendering: Rendering) -> str:
-        root = self.item_root(collection, item_id)
-        return with_query(f"{root}/preview", [("format", "png"), *rendering.query()])
+        path = contract.PREVIEW.path(format=TILE_FORMAT)
+        query = [("max_size", str(THUMBNAIL_SIZE)), *rendering.query()]
+        return with_query(self.item_root(collection, item_id) + path, query)

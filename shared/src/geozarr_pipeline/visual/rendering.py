@@ -1,7 +1,8 @@
 """How an item is drawn: the true-colour rendering and its query parameters.
 
-The parameters follow the raster API's conventions (titiler-eopf in production, the local
-raster server here): `variables` as `{group}:{variable}` repeated once per output band,
+The parameters follow the raster API's contract (`titiler_eopf`; titiler-eopf in production,
+the local raster server here): `variables` as `{group}:{variable}` repeated once per output
+band, naming the multiscale group so the raster API picks the level that fits each tile,
 `rescale` as `min,max`, a rio-color `color_formula` and `bidx`.
 """
 
@@ -11,9 +12,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from geozarr_pipeline.visual.titiler_eopf import variable_spec
+
 REFLECTANCE_GROUP = "/measurements/reflectance"
 TRUE_COLOR_BANDS = ("b04", "b03", "b02")
-TRUE_COLOR_LEVEL = "r10m"
 TRUE_COLOR_RESCALE = (0.0, 1.0)
 TRUE_COLOR_FORMULA = "gamma rgb 1.3, sigmoidal rgb 6 0.1, saturation 1.2"
 
@@ -69,13 +71,12 @@ def render_query(entry: Mapping[str, Any]) -> list[tuple[str, str]]:
 
 
 def true_color(asset: str = "reflectance", group: str = REFLECTANCE_GROUP) -> Rendering:
-    """Bands b04/b03/b02 of the 10 m level of a GeoZarr reflectance group."""
-    level = f"{group.rstrip('/')}/{TRUE_COLOR_LEVEL}"
+    """Bands b04/b03/b02 of a multiscale GeoZarr reflectance group, at the level of each tile."""
     return Rendering(
         key="true-color",
-        title="Sentinel-2 True Color (10m)",
+        title="Sentinel-2 True Color",
         asset=asset,
-        variables=tuple(f"{level}:{band}" for band in TRUE_COLOR_BANDS),
+        variables=tuple(variable_spec(group, band) for band in TRUE_COLOR_BANDS),
         rescale=TRUE_COLOR_RESCALE,
         color_formula=TRUE_COLOR_FORMULA,
     )
