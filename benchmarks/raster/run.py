@@ -1,11 +1,19 @@
-"""Latency of the local raster API on a synthetic L2A product converted by eopf-geozarr.
+"""Zoom sweep of the local raster API on a full-size synthetic L2A product.
 
-    uv run python benchmarks/raster/run.py --scale 0.5 --out data/bench/raster
+    uv run python benchmarks/raster/run.py --scale 1.0 --out data/bench/raster \
+        [--store data/bench/raster/geozarr/X.zarr] [--json benchmarks/raster/results.json]
 
-Synthesizes the sample at `--scale`, converts it (spatial_chunk 1024, unsharded), augments a
-minimal item and times the app in-process (Starlette TestClient): TileJSON, one tile at the
-footprint centre per zoom level, the thumbnail preview, and for comparison the same preview
-read from the 10 m level alone (what it costs without the multiscale level choice).
+Synthesizes the sample at `--scale` (1.0 = a full 10980 x 10980 tile) and converts it with
+eopf-geozarr at the stage's defaults (spatial chunk 1024, unsharded), or reuses `--store`.
+The item gets its links from `add_visualisation` (the titiler-eopf contract: variables on
+the multiscale group), and the app runs in-process (Starlette TestClient, no network).
+
+For every zoom from the TileJSON's minzoom to its maxzoom, up to `--tiles` tiles inside the
+footprint (the tile holding the footprint centre where no tile fits inside) are requested
+once in a fresh app (cold: nothing opened yet at that zoom's level) and then `--rounds`
+more times (warm). Recorded per zoom: median and p95 latency cold and warm, the level read
+(`X-GeoZarr-Levels`) and source pixels clipped per returned pixel (`X-GeoZarr-Pixels-Read`
+over tile pixels x bands). Also the TileJSON and the thumbnail (preview PNG).
 """
 
 from __future__ import annotations
@@ -13,23 +21,25 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import random
 import statistics
 import time
 import warnings
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import morecantile
-import xarray
-from eopf_geozarr.conversion import open_source_datatree
-from eopf_geozarr.s2_optimization.s2_converter import convert_s2_optimized
 from fastapi.testclient import TestClient
-from rio_tiler.io.xarray import XarrayReader
 
-from geozarr_pipeline.config import Settings
-from geozarr_local.raster import create_app
+from geozarr_local.raster import LEVELS_HEADER, PIXELS_HEADER, create_app
 from geozarr_local.sample.build import write_sample
+from geozarr_pipeline.config import Settings
 from geozarr_pipeline.visual import RasterApi, add_visualisation
+
+TILE_PIXELS = 256 * 256
+TMS = morecantile.tms.get("WebMercatorQuad")
 
 
 class OneItem:
@@ -42,48 +52,81 @@ class OneItem:
         return self.item
 
 
-def timed(client: TestClient, url: str, repeat: int) -> tuple[float, float]:
-    """(median, first) latency in ms."""
-    times = []
-    for _ in range(repeat):
-        started = time.perf_counter()
-        response = client.get(url)
-        times.append((time.perf_counter() - started) * 1000)
-        response.raise_for_status()
-    return round(statistics.median(times)), round(times[0])
+def p95(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--scale", type=float, default=0.5)
-    parser.add_argument("--out", type=Path, default=Path("data/bench/raster"))
-    parser.add_argument("--repeat", type=int, default=5)
-    args = parser.parse_args()
-    warnings.filterwarnings("ignore")
-    logging.disable(logging.CRITICAL)
+def inside(ring: list[list[float]], lon: float, lat: float) -> bool:
+    """Point in polygon (even-odd rule) for one ring of lon/lat."""
+    found = False
+    for (x0, y0), (x1, y1) in zip(ring, ring[1:] + ring[:1], strict=True):
+        if (y0 > lat) != (y1 > lat) and lon < x0 + (lat - y0) * (x1 - x0) / (y1 - y0):
+            found = not found
+    return found
+
+
+def tiles_inside(ring: list[list[float]], zoom: int, limit: int) -> list[morecantile.Tile]:
+    lons = [p[0] for p in ring]
+    lats = [p[1] for p in ring]
+    candidates = list(TMS.tiles(min(lons), min(lats), max(lons), max(lats), [zoom]))
+    within = []
+    for tile in candidates:
+        b = TMS.bounds(tile)
+        corners = [(b.left, b.bottom), (b.left, b.top), (b.right, b.bottom), (b.right, b.top)]
+        if all(inside(ring, x, y) for x, y in corners):
+            within.append(tile)
+    if not within:
+        within = [TMS.tile(sum(lons) / len(lons), sum(lats) / len(lats), zoom)]
+    random.Random(zoom).shuffle(within)  # noqa: S311 - a repeatable sample, not a secret
+    return within[:limit]
+
+
+def tile_url(template: str, tile: morecantile.Tile) -> str:
+    return (
+        template.replace("{z}", str(tile.z)).replace("{x}", str(tile.x)).replace("{y}", str(tile.y))
+    )
+
+
+def request(client: TestClient, url: str) -> tuple[float, Any]:
+    started = time.perf_counter()
+    response = client.get(url)
+    elapsed = (time.perf_counter() - started) * 1000
+    response.raise_for_status()
+    return elapsed, response
+
+
+def build_store(args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
+    from eopf_geozarr.conversion import open_source_datatree
+    from eopf_geozarr.s2_optimization.s2_converter import convert_s2_optimized
 
     started = time.perf_counter()
     sample = write_sample(args.out / "sample", "l2a", scale=args.scale)
-    print(f"synthesize scale {args.scale}: {time.perf_counter() - started:.1f} s")
-    store = args.out / "geozarr" / f"{sample.item_id}.zarr"
-    started = time.perf_counter()
-    convert_s2_optimized(
-        open_source_datatree(str(sample.product_path)),
-        output_path=str(store),
-        spatial_chunk=1024,
-        enable_sharding=False,
-        compression_level=3,
-        validate_output=False,
-        keep_scale_offset=False,
-    )
-    print(f"convert: {time.perf_counter() - started:.1f} s")
-
+    print(f"synthesize scale {args.scale}: {time.perf_counter() - started:.1f} s", flush=True)
     source = json.loads(sample.item_path.read_text())
+    store = args.out / "geozarr" / sample.collection / f"{sample.item_id}.zarr"
+    if not store.exists():
+        started = time.perf_counter()
+        convert_s2_optimized(
+            open_source_datatree(str(sample.product_path)),
+            output_path=str(store),
+            spatial_chunk=1024,
+            enable_sharding=False,
+            compression_level=3,
+            validate_output=False,
+            keep_scale_offset=False,
+        )
+        print(f"convert: {time.perf_counter() - started:.1f} s", flush=True)
+    return store, source
+
+
+def sweep(args: argparse.Namespace) -> dict[str, Any]:
+    store, source = build_store(args)
     item = {
         "type": "Feature",
         "stac_version": "1.1.0",
-        "id": sample.item_id,
-        "collection": sample.collection,
+        "id": source["id"],
+        "collection": source.get("collection") or "sentinel-2-l2a",
         "geometry": source["geometry"],
         "bbox": source["bbox"],
         "properties": {},
@@ -95,34 +138,70 @@ def main() -> None:
     }
     item = add_visualisation(item, RasterApi("http://testserver"))
     links = {link["rel"]: link["href"] for link in item["links"]}
-    client = TestClient(create_app(Settings(), catalog=OneItem(item)))
-
-    tilejson = client.get(links["tilejson"]).json()
-    print(f"tilejson ms (median, first): {timed(client, links['tilejson'], args.repeat)}")
     ring = item["geometry"]["coordinates"][0][:-1]
-    lon = sum(p[0] for p in ring) / len(ring)
-    lat = sum(p[1] for p in ring) / len(ring)
-    tms = morecantile.tms.get("WebMercatorQuad")
-    for zoom in range(tilejson["minzoom"], tilejson["maxzoom"] + 1):
-        tile = tms.tile(lon, lat, zoom)
-        url = (
-            links["xyz"]
-            .replace("{z}", str(zoom))
-            .replace("{x}", str(tile.x))
-            .replace("{y}", str(tile.y))
-        )
-        print(f"tile z{zoom} ms (median, first): {timed(client, url, args.repeat)}")
-    preview = item["assets"]["thumbnail"]["href"]
-    print(f"preview ms (median, first): {timed(client, preview, 3)}")
+    bands = len(parse_qs(urlsplit(links["xyz"]).query)["variables"])
+    results: dict[str, Any] = {"load_before": os.getloadavg()[0], "zooms": []}
 
-    started = time.perf_counter()
-    level = xarray.open_dataset(
-        str(store), group="measurements/reflectance/r10m", engine="zarr", decode_coords="all"
-    )
-    for band in ("b04", "b03", "b02"):
-        with XarrayReader(level[band]) as reader:
-            reader.preview(max_size=1024)
-    print(f"preview from the 10 m level only ms: {round((time.perf_counter() - started) * 1000)}")
+    client = TestClient(create_app(Settings(), catalog=OneItem(item)))
+    first, tilejson_response = request(client, links["tilejson"])
+    tilejson = tilejson_response.json()
+    warm = [request(client, links["tilejson"])[0] for _ in range(args.rounds)]
+    results["tilejson_ms"] = {"cold": round(first), "warm_median": round(statistics.median(warm))}
+    minzoom, maxzoom = tilejson["minzoom"], tilejson["maxzoom"]
+    for zoom in range(minzoom, maxzoom + 1):
+        client = TestClient(create_app(Settings(), catalog=OneItem(item)))
+        tiles = tiles_inside(ring, zoom, args.tiles)
+        cold, warm, ratios, levels = [], [], [], set()
+        for tile in tiles:
+            elapsed, response = request(client, tile_url(links["xyz"], tile))
+            cold.append(elapsed)
+            levels.update(response.headers[LEVELS_HEADER].split(","))
+            ratios.append(int(response.headers[PIXELS_HEADER]) / (TILE_PIXELS * bands))
+        for _ in range(args.rounds):
+            for tile in tiles:
+                warm.append(request(client, tile_url(links["xyz"], tile))[0])
+        row = {
+            "zoom": zoom,
+            "tiles": len(tiles),
+            "levels": sorted(level.rsplit("/", 1)[1] for level in levels),
+            "cold_median_ms": round(statistics.median(cold)),
+            "cold_p95_ms": round(p95(cold)),
+            "warm_median_ms": round(statistics.median(warm)),
+            "warm_p95_ms": round(p95(warm)),
+            "read_per_returned_max": round(max(ratios), 2),
+            "read_per_returned_median": round(statistics.median(ratios), 2),
+        }
+        print(json.dumps(row), flush=True)
+        results["zooms"].append(row)
+
+    client = TestClient(create_app(Settings(), catalog=OneItem(item)))
+    thumbnail = item["assets"]["thumbnail"]["href"]
+    cold_ms, response = request(client, thumbnail)
+    warm = [request(client, thumbnail)[0] for _ in range(args.rounds)]
+    results["thumbnail"] = {
+        "cold_ms": round(cold_ms),
+        "warm_median_ms": round(statistics.median(warm)),
+        "levels": response.headers[LEVELS_HEADER],
+        "bytes": len(response.content),
+    }
+    results["load_after"] = os.getloadavg()[0]
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--scale", type=float, default=1.0)
+    parser.add_argument("--out", type=Path, default=Path("data/bench/raster"))
+    parser.add_argument("--tiles", type=int, default=8, help="tiles per zoom")
+    parser.add_argument("--rounds", type=int, default=3, help="warm rounds over those tiles")
+    parser.add_argument("--json", type=Path, default=None, help="write the results here")
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    logging.disable(logging.CRITICAL)
+    results = sweep(args)
+    print(json.dumps({k: v for k, v in results.items() if k != "zooms"}, indent=1))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1) + "\n")
 
 
 if __name__ == "__main__":

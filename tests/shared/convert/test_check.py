@@ -148,6 +148,16 @@ def corrupt_crs(store: Path) -> None:
     group.attrs.update({"proj:code": "EPSG:4326"})
 
 
+def drop_layout_transform(store: Path) -> None:
+    group = zarr.open_group(str(store / REFL), mode="r+", use_consolidated=False)
+    multiscales = dict(group.attrs["multiscales"])
+    multiscales["layout"] = [
+        {k: v for k, v in entry.items() if k != "spatial:transform"}
+        for entry in multiscales["layout"]
+    ]
+    group.attrs.update({"multiscales": multiscales})
+
+
 def drop_level(store: Path) -> None:
     shutil.rmtree(store / REFL / "r360m")
 
@@ -158,6 +168,7 @@ def drop_level(store: Path) -> None:
         (corrupt_transform, "r60m: transform"),
         (corrupt_crs, "r20m: CRS"),
         (drop_level, "level r360m is missing"),
+        (drop_layout_transform, "layout unusable by the raster API"),
     ],
 )
 def test_structure_defects_fail_the_check(

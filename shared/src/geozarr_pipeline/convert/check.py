@@ -28,6 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from geozarr_pipeline.errors import OutputCheckFailed
+from geozarr_pipeline.visual.titiler_eopf import layout_resolutions
 
 log = logging.getLogger(__name__)
 
@@ -283,6 +284,11 @@ class OutputChecker:
         for level in self.report.levels:
             if level not in assets:
                 self.problem(f"multiscales layout does not list {level}")
+        # titiler-eopf picks a tile's level from each entry's transform (titiler_eopf).
+        try:
+            layout_resolutions(layout)
+        except (ValueError, KeyError, TypeError) as exc:
+            self.problem(f"multiscales layout unusable by the raster API: {exc}")
 
     def _native_windows(
         self, src: Any, out: Any, keep_mask: bool, salt: int, level: str, name: str
