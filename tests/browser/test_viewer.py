@@ -95,3 +95,34 @@ def test_viewer_of_the_demo_chain_item(local_stack: LocalStack, chain_run: Chain
     screenshot = ARTIFACTS / "viewer-demo-chain.png"
     state, tile_responses = open_viewer(viewer_url, screenshot)
     assert_map_shows_imagery(state, tile_responses, screenshot)
+
+
+def test_the_thumbnail_shows_in_the_browser_at_thumbnail_size(map_setup: MapSetup) -> None:
+    """Chromium decodes the item's thumbnail: at most 512 px on its long side, not blank."""
+    thumbnail = map_setup.item["assets"]["thumbnail"]["href"]
+    screenshot = ARTIFACTS / "thumbnail.png"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
+        )
+        try:
+            page = browser.new_page(viewport=VIEWPORT)  # type: ignore[arg-type]
+            page.set_content(
+                f'<body style="margin:0;background:#e8ecef"><img src="{thumbnail}"></body>'
+            )
+            page.wait_for_function(
+                "document.images[0].complete && document.images[0].naturalWidth > 0",
+                timeout=60_000,
+            )
+            size = page.evaluate(
+                "[document.images[0].naturalWidth, document.images[0].naturalHeight]"
+            )
+            page.screenshot(path=str(screenshot))
+        finally:
+            browser.close()
+    width, height = size
+    assert 0 < max(width, height) <= 512, size
+    pixels = read_png(screenshot.read_bytes())[:3, :height, :width].transpose(1, 2, 0).astype(int)
+    imagery = np.abs(pixels - BACKGROUND).sum(axis=2) > 40
+    assert imagery.mean() > 0.3, f"only {imagery.mean():.1%} of the thumbnail shows imagery"
+    assert pixels[imagery].std() > 5, "imagery, not a flat fill"
