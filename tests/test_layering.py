@@ -37,6 +37,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "geozarr_pipeline.files",
             "geozarr_pipeline.provenance",
             "geozarr_pipeline.faults",
+            "geozarr_pipeline.retries",
             "geozarr_pipeline.jsonhttp",
             "geozarr_pipeline.cloudevent_http",
         ),

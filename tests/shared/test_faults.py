@@ -1,7 +1,8 @@
 """The one fault classifier: every reader gives the same answer to the same fault.
 
 In-process: HTTP answers come from an httpx MockTransport, S3 refusals are botocore's own
-ClientError with the codes S3 sends.
+ClientError with the codes S3 sends. Each read here makes a single attempt (the retries of
+each kind of call are tested in test_retries).
 """
 
 from __future__ import annotations
@@ -20,8 +21,11 @@ from geozarr_pipeline.errors import (
     SourceNotFound,
     TransientError,
 )
+from geozarr_pipeline.retries import RetryPolicy
 from geozarr_pipeline.stac.source import fetch_source_item
 from geozarr_pipeline.stac.store import HttpReader
+
+ONCE = RetryPolicy("test", attempts=1, backoff_seconds=0.0, max_backoff_seconds=0.0)
 
 EXPECTED: dict[int, type[PipelineError]] = {
     400: InvalidInput,
@@ -50,7 +54,7 @@ def test_a_status_means_the_same_to_every_required_read(
     fault = faults.http_status_fault(status, "thing")
     assert type(fault) is error
     with answering(status) as client, pytest.raises(PipelineError) as raised:
-        fetch_source_item("https://stac.example.org/item", client)
+        fetch_source_item("https://stac.example.org/item", client, retry=ONCE)
     assert type(raised.value) is error
     assert str(status) in raised.value.message
 
@@ -60,7 +64,7 @@ def test_optional_documents_are_absent_when_unavailable_and_fail_alike_otherwise
     status: int, error: type[PipelineError]
 ) -> None:
     """The store reader and the product metadata probe: absent or denied is "not there"."""
-    settings = Settings(allow_plain_http=True, allow_private_hosts=True)
+    settings = Settings(allow_plain_http=True, allow_private_hosts=True, retry_source_attempts=1)
     with answering(status) as client:
         reader = HttpReader("https://store.example.org/x.zarr", client)
         if status in faults.UNAVAILABLE_STATUSES:
@@ -76,6 +80,17 @@ def test_optional_documents_are_absent_when_unavailable_and_fail_alike_otherwise
     assert type(from_reader.value) is type(from_probe.value) is error
 
 
+def test_a_rate_limit_carries_the_wait_it_asks_for() -> None:
+    def answer(headers: dict[str, str]) -> httpx.Client:
+        response = httpx.Response(429, headers=headers)
+        return httpx.Client(transport=httpx.MockTransport(lambda _r: response))
+
+    for headers, wait in (({"Retry-After": "7"}, 7.0), ({"Retry-After": "soon"}, None), ({}, None)):
+        with answer(headers) as client, pytest.raises(RateLimited) as raised:
+            faults.http_read(client, "https://x.org/a", "thing")
+        assert raised.value.details.get("retry_after_s") == wait
+
+
 def test_success_is_no_fault() -> None:
     assert faults.http_status_fault(200, "thing") is None
     assert faults.http_status_fault(304, "thing") is None
@@ -89,15 +104,21 @@ def test_transport_faults_are_transient_and_a_redirect_loop_is_the_urls_fault() 
         httpx.Client(transport=httpx.MockTransport(refuse)) as client,
         pytest.raises(TransientError, match="network error reading source item"),
     ):
-        fetch_source_item("https://stac.example.org/item", client)
+        fetch_source_item("https://stac.example.org/item", client, retry=ONCE)
     loop = httpx.TooManyRedirects("loop", request=httpx.Request("GET", "https://x.org"))
     assert type(faults.http_request_fault("thing", loop)) is InvalidInput
     timeout = httpx.ReadTimeout("slow", request=httpx.Request("GET", "https://x.org"))
     assert type(faults.http_request_fault("thing", timeout)) is TransientError
 
 
-def client_error(code: str, operation: str = "GetObject") -> ClientError:
-    return ClientError({"Error": {"Code": code, "Message": f"{code} says no"}}, operation)
+def client_error(code: str, operation: str = "GetObject", status: int = 400) -> ClientError:
+    return ClientError(
+        {
+            "Error": {"Code": code, "Message": f"{code} says no"},
+            "ResponseMetadata": {"HTTPStatusCode": status},
+        },
+        operation,
+    )
 
 
 @pytest.mark.parametrize("code", sorted(faults.S3_ABSENT_CODES))
@@ -105,28 +126,35 @@ def test_an_absent_s3_object_is_none(code: str) -> None:
     def get_object(**_: object) -> object:
         raise client_error(code)
 
-    assert faults.s3_request("read", get_object, Bucket="b", Key="k") is None
+    assert faults.s3_request("read", get_object, retry=ONCE, Bucket="b", Key="k") is None
 
 
 @pytest.mark.parametrize(
-    "exc",
+    ("exc", "refusal"),
     [
-        client_error("AccessDenied"),
-        client_error("NoSuchBucket"),
-        client_error("SlowDown"),
-        EndpointConnectionError(endpoint_url="http://127.0.0.1:1"),
+        (client_error("AccessDenied", status=403), 403),
+        (client_error("NoSuchBucket", status=404), 404),
+        (client_error("SlowDown", status=503), None),
+        (client_error("RequestTimeout", status=400), None),
+        (EndpointConnectionError(endpoint_url="http://127.0.0.1:1"), None),
     ],
 )
-def test_our_storage_refusing_or_failing_is_a_bounded_transient_fault(exc: Exception) -> None:
+def test_our_storage_refusing_or_failing_is_a_bounded_transient_fault(
+    exc: Exception, refusal: int | None
+) -> None:
+    """Transient for the broker either way; a refusal keeps its status, so that it is not
+    retried within the process."""
+
     def call(**_: object) -> object:
         raise exc
 
     with pytest.raises(TransientError) as raised:
-        faults.s3_request("marker read", call)
+        faults.s3_request("marker read", call, retry=ONCE)
     assert raised.value.message.startswith("S3 marker read failed")
     code = faults.s3_code(exc)
     assert (f"({code})" in raised.value.message) is bool(code)
     assert len(raised.value.message) < 600
+    assert raised.value.details.get("status") == refusal
 
 
 def test_a_lost_conditional_write_is_a_conflict_not_absence() -> None:

@@ -146,15 +146,64 @@ def test_s3_clear_is_transient_when_a_leftover_stays(
 ) -> None:
     key = "geozarr/c/item.zarr/b/c/0"
     s3_server.client().put_object(Bucket=s3_bucket, Key=key, Body=b"stale")
-    settings = s3_settings(tmp_path, s3_server, s3_bucket)
+    settings = s3_settings(tmp_path, s3_server, s3_bucket, retry_s3_backoff_seconds=0.0)
+    batches: list[dict[str, Any]] = []
     with output_store.output_for(settings, "c", "item") as location:
         assert isinstance(location, output_store.S3Output)
 
         def refusing(**kwargs: Any) -> dict[str, Any]:
             # What S3 answers when some keys of a batch delete fail (moto never does).
+            batches.append(kwargs)
             return {"Errors": [{"Key": key, "Code": "InternalError", "Message": "try again"}]}
 
         monkeypatch.setattr(location.client, "delete_objects", refusing)
         with pytest.raises(TransientError, match="could not delete 1 leftover"):
             location.clear()
+    # Listed and deleted again under the S3 retry policy, then left to the broker.
+    assert len(batches) == settings.retry_s3_attempts
     assert s3_server.keys(s3_bucket) == [key]
+
+
+class FailFirstSends:
+    """Answers the first `count` requests of an S3 operation with a 503 SlowDown, as S3 does,
+    before botocore sends them; the later ones go to the server."""
+
+    def __init__(self, client: Any, operation: str, count: int) -> None:
+        self.left = count
+        self.failed: list[str] = []
+        client.meta.events.register(f"before-send.s3.{operation}", self)
+
+    def __call__(self, request: Any, **_: Any) -> Any:
+        from botocore.awsrequest import AWSResponse
+
+        if self.left <= 0:
+            return None
+        self.left -= 1
+        self.failed.append(request.url)
+        body = b"<Error><Code>SlowDown</Code><Message>Please reduce your rate</Message></Error>"
+
+        class Raw:
+            def stream(self, **_: Any) -> Any:
+                yield body
+
+        return AWSResponse(request.url, 503, {"Content-Type": "application/xml"}, Raw())
+
+
+def test_s3_upload_retried_after_a_slow_down_sends_the_whole_file(
+    tmp_path: Path, s3_server: S3Server, s3_bucket: str
+) -> None:
+    """Each attempt reopens the staged file: the retried upload is the whole chunk."""
+    settings = s3_settings(tmp_path, s3_server, s3_bucket, retry_s3_backoff_seconds=0.0)
+    with output_store.output_for(settings, "c", "item") as location:
+        assert isinstance(location, output_store.S3Output)
+        location.prepare()
+        staged = Path(location.write_url)
+        (staged / "b").mkdir(parents=True)
+        (staged / "zarr.json").write_text("{}")
+        chunk = bytes(range(256)) * 1024
+        (staged / "b" / "0").write_bytes(chunk)
+        faults = FailFirstSends(location.client, "PutObject", 2)
+        location.publish()
+        assert len(faults.failed) == 2
+    stored = s3_server.client().get_object(Bucket=s3_bucket, Key="geozarr/c/item.zarr/b/0")
+    assert stored["Body"].read() == chunk

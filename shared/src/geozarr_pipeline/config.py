@@ -57,8 +57,24 @@ class Settings(BaseSettings):
     register_mode: Literal["create-or-skip", "upsert", "replace"] = "upsert"
     oidc_scope: str | None = None
     stac_api_timeout_seconds: float = 10.0
-    stac_api_retries: int = 4
-    stac_api_backoff_seconds: float = 0.25
+    # The STAC API retry policy (retries.py): retries after the first attempt, also of a write
+    # that raced a concurrent writer, and the base of their backoff.
+    stac_api_retries: int = Field(default=4, ge=0)
+    stac_api_backoff_seconds: float = Field(default=0.25, ge=0)
+
+    # In-process retries of the other kinds of call (retries.py): attempts, the first included,
+    # and the base of the jittered exponential backoff between them; past them the broker
+    # redelivers the event. Source item and product metadata reads:
+    retry_source_attempts: int = Field(default=3, ge=1)
+    retry_source_backoff_seconds: float = Field(default=0.5, ge=0)
+    # Calls on our own object storage (botocore itself makes a single attempt, see s3.py):
+    retry_s3_attempts: int = Field(default=4, ge=1)
+    retry_s3_backoff_seconds: float = Field(default=0.2, ge=0)
+    # OIDC token fetches:
+    retry_token_attempts: int = Field(default=3, ge=1)
+    retry_token_backoff_seconds: float = Field(default=0.5, ge=0)
+    # The longest wait between two attempts of any kind.
+    retry_backoff_cap_seconds: float = Field(default=10.0, ge=0)
 
     # Visualisation.
     raster_api_url: str = "http://127.0.0.1:8010"

@@ -2,22 +2,28 @@
 
 `open_object_store(settings, root)` gives the same four calls on both: `put` (optionally
 create-only, the first writer wins), `get`, `keys` under a prefix, `delete`. Keys are
-`/`-separated relative names; the caller builds them from checked ids only.
+`/`-separated relative names; the caller builds them from checked ids only. Every S3 call
+runs under the S3 retry policy (`retries`), a single attempt for `fail_fast` stores.
 """
 
 from __future__ import annotations
 
 import contextlib
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
+from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 from geozarr_pipeline.config import Settings
 from geozarr_pipeline.errors import TransientError
 from geozarr_pipeline.faults import is_s3_absent, is_s3_conflict, s3_errors, s3_fault
 from geozarr_pipeline.files import write_atomic
+from geozarr_pipeline.retries import RetryPolicies, RetryPolicy
 from geozarr_pipeline.s3 import S3Client, s3_client
+
+T = TypeVar("T")
 
 
 class ObjectStore(ABC):
@@ -123,91 +129,114 @@ class FolderObjectStore(ObjectStore):
 class S3ObjectStore(ObjectStore):
     """Objects under a prefix; create-only writes use `If-None-Match: *`."""
 
-    def __init__(self, bucket: str, prefix: str, client: S3Client, *, owns_client: bool = True):
-        """`owns_client` False: a shared client, left open by close()."""
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str,
+        client: S3Client,
+        *,
+        retry: RetryPolicy,
+        owns_client: bool = True,
+    ):
+        """`retry`: the S3 policy of every call; `owns_client` False: a shared client, left
+        open by close()."""
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.client = client
+        self.retry = retry
         self.owns_client = owns_client
         self.location = f"s3://{bucket}/{self.prefix}"
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
 
+    def _full(self, prefix: str) -> str:
+        return self._key(prefix) if prefix else (f"{self.prefix}/" if self.prefix else "")
+
+    def _call(self, what: str, attempt: Callable[[], T]) -> T:
+        """`attempt` (one S3 request, or one whole listing) under the retry policy, its
+        botocore errors classified by `faults.s3_fault`. Records name no item."""
+
+        def classified() -> T:
+            try:
+                return attempt()
+            except s3_errors() as exc:
+                raise s3_fault(what, exc) from exc
+
+        return self.retry.call(classified, item_id=None)
+
     def put(self, key: str, body: bytes, *, if_absent: bool = False) -> bool:
         extra = {"IfNoneMatch": "*"} if if_absent else {}
-        try:
-            self.client.put_object(
-                Bucket=self.bucket,
-                Key=self._key(key),
-                Body=body,
-                ContentType="application/json",
-                **extra,
-            )
-        except s3_errors() as exc:
-            if if_absent and is_s3_conflict(exc):
-                return False
-            raise s3_fault(f"write of {key} to {self.location}", exc) from exc
-        return True
+        attempts = 0
+
+        def write() -> bool:
+            nonlocal attempts
+            attempts += 1
+            try:
+                self.client.put_object(
+                    Bucket=self.bucket,
+                    Key=self._key(key),
+                    Body=body,
+                    ContentType="application/json",
+                    **extra,
+                )
+            except s3_errors() as exc:
+                if if_absent and is_s3_conflict(exc):
+                    # A retried create whose first attempt was applied finds its own body.
+                    return attempts > 1 and self.get(key) == body
+                raise
+            return True
+
+        return self._call(f"write of {key} to {self.location}", write)
 
     def get(self, key: str) -> bytes | None:
-        try:
-            body: bytes = self.client.get_object(Bucket=self.bucket, Key=self._key(key))[
-                "Body"
-            ].read()
-        except s3_errors() as exc:
-            if is_s3_absent(exc):
-                return None
-            raise s3_fault(f"read of {key} from {self.location}", exc) from exc
-        return body
+        def read() -> bytes | None:
+            try:
+                reply = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+            except s3_errors() as exc:
+                if is_s3_absent(exc):
+                    return None
+                raise
+            body: bytes = reply["Body"].read()
+            return body
+
+        return self._call(f"read of {key} from {self.location}", read)
+
+    def _pages(self, prefix: str, **options: str) -> list[dict[str, Any]]:
+        """Every page of a listing under `prefix`; a failed page lists again from the start."""
+
+        def listing() -> list[dict[str, Any]]:
+            paginator = self.client.get_paginator("list_objects_v2")
+            return list(paginator.paginate(Bucket=self.bucket, Prefix=prefix, **options))
+
+        return self._call(f"listing of {self.location}", listing)
 
     def list_keys(self, prefix: str = "") -> list[str]:
-        full = self._key(prefix) if prefix else (f"{self.prefix}/" if self.prefix else "")
         strip = len(f"{self.prefix}/") if self.prefix else 0
-        try:
-            pages = self.client.get_paginator("list_objects_v2").paginate(
-                Bucket=self.bucket, Prefix=full
-            )
-            return sorted(
-                str(item["Key"])[strip:] for page in pages for item in page.get("Contents", [])
-            )
-        except s3_errors() as exc:
-            raise s3_fault(f"listing of {self.location}", exc) from exc
+        pages = self._pages(self._full(prefix))
+        return sorted(
+            str(item["Key"])[strip:] for page in pages for item in page.get("Contents", [])
+        )
 
     def delete(self, key: str) -> None:
-        try:
-            self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
-        except s3_errors() as exc:
-            raise s3_fault(f"delete of {key} from {self.location}", exc) from exc
+        self._call(
+            f"delete of {key} from {self.location}",
+            lambda: self.client.delete_object(Bucket=self.bucket, Key=self._key(key)),
+        )
 
     def children(self, prefix: str = "") -> list[str]:
-        full = self._key(prefix) if prefix else (f"{self.prefix}/" if self.prefix else "")
-        try:
-            pages = self.client.get_paginator("list_objects_v2").paginate(
-                Bucket=self.bucket, Prefix=full, Delimiter="/"
-            )
-            return sorted(
-                str(common["Prefix"])[len(full) :].rstrip("/")
-                for page in pages
-                for common in page.get("CommonPrefixes", [])
-            )
-        except s3_errors() as exc:
-            raise s3_fault(f"listing of {self.location}", exc) from exc
+        full = self._full(prefix)
+        return sorted(
+            str(common["Prefix"])[len(full) :].rstrip("/")
+            for page in self._pages(full, Delimiter="/")
+            for common in page.get("CommonPrefixes", [])
+        )
 
     def usage(self, prefix: str = "") -> tuple[int, int]:
-        full = self._key(prefix) if prefix else (f"{self.prefix}/" if self.prefix else "")
-        count = size = 0
-        try:
-            pages = self.client.get_paginator("list_objects_v2").paginate(
-                Bucket=self.bucket, Prefix=full
-            )
-            for page in pages:
-                for item in page.get("Contents", []):
-                    count += 1
-                    size += int(item.get("Size", 0))
-        except s3_errors() as exc:
-            raise s3_fault(f"listing of {self.location}", exc) from exc
-        return count, size
+        objects = [
+            item for page in self._pages(self._full(prefix)) for item in page.get("Contents", [])
+        ]
+        return len(objects), sum(int(item.get("Size", 0)) for item in objects)
 
     def close(self) -> None:
         if self.owns_client:
@@ -226,14 +255,17 @@ def open_object_store(
     if parsed.scheme == "s3":
         if not parsed.netloc:
             raise ValueError(f"{root!r} names no bucket")
+        retry = RetryPolicies.from_settings(settings).s3
+        if fail_fast:
+            retry = retry.once()
         if client is not None:
-            return S3ObjectStore(parsed.netloc, parsed.path, client, owns_client=False)
+            return S3ObjectStore(parsed.netloc, parsed.path, client, retry=retry, owns_client=False)
         own = (
-            s3_client(settings, connect_timeout=2.0, read_timeout=5.0, total_attempts=1)
+            s3_client(settings, connect_timeout=2.0, read_timeout=5.0)
             if fail_fast
             else s3_client(settings)
         )
-        return S3ObjectStore(parsed.netloc, parsed.path, own)
+        return S3ObjectStore(parsed.netloc, parsed.path, own, retry=retry)
     if parsed.scheme in ("", "file"):
         return FolderObjectStore(Path(parsed.path if parsed.scheme == "file" else root).resolve())
     raise ValueError(f"{root!r} must be a folder or an s3:// URL")

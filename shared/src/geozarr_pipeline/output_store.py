@@ -15,7 +15,8 @@ Output location: `{output_root}/{collection}/{item_id}.zarr`, with two siblings:
   In both modes the marker written last is what makes the store complete, and a retry
   deletes any unmarked leftovers under the prefix first. The lease is
   a lock object created with `If-None-Match: *`, renewed with `If-Match`, and taken over
-  only once expired, so two deliveries never convert the same item at once.
+  only once expired, so two deliveries never convert the same item at once. Every S3 call
+  runs under the S3 retry policy (`retries`), logged with the item id.
 
 Listing and removal (the operator commands `delete` and `cleanup`): `iter_outputs` walks the
 layout above (names starting with `_` or `.` under output_root are not collections: `_failures`,
@@ -35,7 +36,7 @@ import threading
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -46,12 +47,20 @@ from urllib.parse import urlparse
 from pydantic import ValidationError
 
 from geozarr_pipeline.config import Settings
-from geozarr_pipeline.errors import InProgress, InvalidInput, TransientError
+from geozarr_pipeline.errors import InProgress, InvalidInput, PipelineError, TransientError
 from geozarr_pipeline.events import ConvertDone, check_safe_id
-from geozarr_pipeline.faults import is_s3_absent, is_s3_conflict, s3_errors, s3_fault, s3_request
+from geozarr_pipeline.faults import (
+    is_s3_absent,
+    is_s3_conflict,
+    s3_attempt,
+    s3_errors,
+    s3_fault,
+    s3_request,
+)
 from geozarr_pipeline.files import write_atomic
 from geozarr_pipeline.provenance import MARKER_FORMAT as MARKER_FORMAT  # re-exported
 from geozarr_pipeline.provenance import MARKER_SUFFIX
+from geozarr_pipeline.retries import RetryPolicies, RetryPolicy
 from geozarr_pipeline.s3 import S3Client, s3_client
 
 UPLOAD_THREADS = 16
@@ -243,11 +252,22 @@ class LocalOutput(OutputLocation):
 class _S3Lease(Lease):
     """A lock object with an expiry, renewed in the background while the work runs."""
 
-    def __init__(self, client: S3Client, bucket: str, key: str, seconds: float) -> None:
+    def __init__(
+        self,
+        client: S3Client,
+        bucket: str,
+        key: str,
+        seconds: float,
+        *,
+        retry: RetryPolicy,
+        item_id: str,
+    ) -> None:
         self.client = client
         self.bucket = bucket
         self.key = key
         self.seconds = seconds
+        self.retry = retry
+        self.item_id = item_id
         self.owner = owner_id()
         self.etag = ""
         self.lost = False
@@ -257,44 +277,49 @@ class _S3Lease(Lease):
     def _body(self) -> bytes:
         return json.dumps({"owner": self.owner, "expires_at": time.time() + self.seconds}).encode()
 
-    def acquire(self) -> None:
-        try:
-            reply = self.client.put_object(
-                Bucket=self.bucket, Key=self.key, Body=self._body(), IfNoneMatch="*"
-            )
-        except s3_errors() as exc:
-            if not is_s3_conflict(exc):
+    def _put_if(self, **condition: str) -> str | None:
+        """Write the lock object if `condition` holds: its ETag, None when it did not."""
+
+        def attempt() -> str | None:
+            try:
+                reply = self.client.put_object(
+                    Bucket=self.bucket, Key=self.key, Body=self._body(), **condition
+                )
+            except s3_errors() as exc:
+                if is_s3_conflict(exc):
+                    return None
                 raise s3_fault(f"lease of s3://{self.bucket}/{self.key}", exc) from exc
-            self._take_over_expired()
-        else:
-            self.etag = reply["ETag"]
+            return str(reply["ETag"])
+
+        return self.retry.call(attempt, item_id=self.item_id)
+
+    def acquire(self) -> None:
+        etag = self._put_if(IfNoneMatch="*")
+        self.etag = etag if etag is not None else self._take_over_expired()
         self._thread = threading.Thread(target=self._renew, name="s3-lease", daemon=True)
         self._thread.start()
 
-    def _take_over_expired(self) -> None:
+    def _take_over_expired(self) -> str:
         busy = InProgress(f"s3://{self.bucket}/{self.key} is held by another delivery")
-        try:
-            current = self.client.get_object(Bucket=self.bucket, Key=self.key)
-        except s3_errors() as exc:
-            if is_s3_absent(exc):
-                raise busy from exc
-            raise s3_fault(f"lease read of s3://{self.bucket}/{self.key}", exc) from exc
-        try:
-            holder = json.loads(current["Body"].read())
-            expires_at = float(holder["expires_at"])
-        except (ValueError, KeyError, TypeError):
-            expires_at = 0.0
-        if expires_at > time.time():
+        current = _s3_get(
+            self.client, self.bucket, self.key, retry=self.retry, item_id=self.item_id
+        )
+        if current is None:
             raise busy
         try:
-            reply = self.client.put_object(
-                Bucket=self.bucket, Key=self.key, Body=self._body(), IfMatch=current["ETag"]
-            )
-        except s3_errors() as exc:
-            if is_s3_conflict(exc):
-                raise busy from exc
-            raise s3_fault(f"lease of s3://{self.bucket}/{self.key}", exc) from exc
-        self.etag = reply["ETag"]
+            holder = json.loads(current["Body"])
+            expires_at = float(holder["expires_at"])
+        except (ValueError, KeyError, TypeError):
+            holder, expires_at = {}, 0.0
+        if isinstance(holder, dict) and holder.get("owner") == self.owner:
+            # A retried create whose first attempt was applied: the lock is ours already.
+            return str(current["ETag"])
+        if expires_at > time.time():
+            raise busy
+        etag = self._put_if(IfMatch=current["ETag"])
+        if etag is None:
+            raise busy
+        return etag
 
     def _renew(self) -> None:
         while not self._stop.wait(self.seconds / 3):
@@ -309,13 +334,23 @@ class _S3Lease(Lease):
                 continue
             self.etag = reply["ETag"]
 
+    def _head(self) -> dict[str, Any] | None:
+        head: dict[str, Any] | None = s3_request(
+            f"lease check of s3://{self.bucket}/{self.key}",
+            self.client.head_object,
+            retry=self.retry,
+            item_id=self.item_id,
+            Bucket=self.bucket,
+            Key=self.key,
+        )
+        return head
+
     def verify(self) -> None:
         if self.lost:
             raise InProgress(f"lost the lease s3://{self.bucket}/{self.key} to another delivery")
-        try:
-            head = self.client.head_object(Bucket=self.bucket, Key=self.key)
-        except s3_errors() as exc:
-            raise InProgress(f"lease s3://{self.bucket}/{self.key} disappeared") from exc
+        head = self._head()
+        if head is None:
+            raise InProgress(f"lease s3://{self.bucket}/{self.key} disappeared")
         if head["ETag"] != self.etag:
             raise InProgress(f"lost the lease s3://{self.bucket}/{self.key} to another delivery")
 
@@ -325,10 +360,18 @@ class _S3Lease(Lease):
             self._thread.join(timeout=5)
         if self.lost:
             return
-        with contextlib.suppress(*s3_errors()):
-            head = self.client.head_object(Bucket=self.bucket, Key=self.key)
-            if head["ETag"] == self.etag:
-                self.client.delete_object(Bucket=self.bucket, Key=self.key)
+        # Best effort: a lock left behind expires on its own.
+        with contextlib.suppress(PipelineError):
+            head = self._head()
+            if head is not None and head["ETag"] == self.etag:
+                s3_request(
+                    f"lease release of s3://{self.bucket}/{self.key}",
+                    self.client.delete_object,
+                    retry=self.retry,
+                    item_id=self.item_id,
+                    Bucket=self.bucket,
+                    Key=self.key,
+                )
 
 
 class S3Output(OutputLocation):
@@ -353,6 +396,7 @@ class S3Output(OutputLocation):
         self.staging = staging_root / f"{self.item_id}.zarr.{uuid.uuid4().hex[:12]}"
         self._client: S3Client | None = client
         self._owns_client = client is None
+        self.retry = RetryPolicies.from_settings(settings).s3
 
     @property
     def client(self) -> S3Client:
@@ -372,36 +416,47 @@ class S3Output(OutputLocation):
     def storage_options(self) -> dict[str, Any] | None:
         return None if self.staged else s3_storage_options(self.settings)
 
+    def _request(self, what: str, call: Callable[..., Any], **kwargs: Any) -> Any:
+        return s3_request(what, call, retry=self.retry, item_id=self.item_id, **kwargs)
+
     def read_marker(self) -> dict[str, Any] | None:
-        reply = s3_request(
-            "marker read", self.client.get_object, Bucket=self.bucket, Key=self.marker_key
+        reply = _s3_get(
+            self.client, self.bucket, self.marker_key, retry=self.retry, item_id=self.item_id
         )
         if reply is None:
             return None
         try:
-            loaded: dict[str, Any] = json.loads(reply["Body"].read())
+            loaded: dict[str, Any] = json.loads(reply["Body"])
         except ValueError:
             return None
         return loaded
 
     def store_exists(self) -> bool:
-        reply = s3_request(
+        reply = self._request(
             "store check", self.client.head_object, Bucket=self.bucket, Key=f"{self.key}/zarr.json"
         )
         return reply is not None
 
     def clear(self) -> None:
-        s3_request(
+        self._request(
             "marker delete", self.client.delete_object, Bucket=self.bucket, Key=self.marker_key
         )
+        self.retry.call(self._delete_leftovers, item_id=self.item_id)
+        if self.staged:
+            for leftover in self.staging.parent.glob(f"{self.item_id}.zarr.*"):
+                shutil.rmtree(leftover, ignore_errors=True)
+
+    def _delete_leftovers(self) -> None:
+        """One pass over everything under the store's prefix (a retry lists it again)."""
         paginator = self.client.get_paginator("list_objects_v2")
+        where = f"s3://{self.bucket}/{self.key}/"
         try:
             for page in paginator.paginate(Bucket=self.bucket, Prefix=f"{self.key}/"):
                 keys = [{"Key": obj["Key"]} for obj in page.get("Contents", [])]
                 if not keys:
                     continue
-                reply = s3_request(
-                    "store delete",
+                reply = s3_attempt(
+                    f"delete under {where}",
                     self.client.delete_objects,
                     Bucket=self.bucket,
                     Delete={"Objects": keys, "Quiet": True},
@@ -411,13 +466,10 @@ class S3Output(OutputLocation):
                     failed = reply["Errors"]
                     raise TransientError(
                         f"S3 could not delete {len(failed)} leftover objects under "
-                        f"s3://{self.bucket}/{self.key}/, e.g. {failed[0]}"
+                        f"{where}, e.g. {failed[0]}"
                     )
         except s3_errors() as exc:
-            raise s3_fault(f"listing of s3://{self.bucket}/{self.key}/", exc) from exc
-        if self.staged:
-            for leftover in self.staging.parent.glob(f"{self.item_id}.zarr.*"):
-                shutil.rmtree(leftover, ignore_errors=True)
+            raise s3_fault(f"listing of {where}", exc) from exc
 
     def prepare(self) -> None:
         if self.staged:
@@ -443,15 +495,19 @@ class S3Output(OutputLocation):
 
     def _upload(self, path: Path) -> None:
         key = f"{self.key}/{path.relative_to(self.staging).as_posix()}"
-        with path.open("rb") as body:
-            s3_request("upload", self.client.put_object, Bucket=self.bucket, Key=key, Body=body)
+
+        def attempt() -> None:
+            with path.open("rb") as body:  # opened again by each attempt
+                s3_attempt("upload", self.client.put_object, Bucket=self.bucket, Key=key, Body=body)
+
+        self.retry.call(attempt, item_id=self.item_id)
 
     def discard(self) -> None:
         self.clear()
 
     def write_marker(self, marker: dict[str, Any]) -> None:
         body = json.dumps(marker, indent=2, sort_keys=True).encode()
-        s3_request(
+        self._request(
             "marker write",
             self.client.put_object,
             Bucket=self.bucket,
@@ -466,18 +522,25 @@ class S3Output(OutputLocation):
         self._client = None
 
     def lease_held(self) -> bool:
-        reply = s3_request(
-            "lease read", self.client.get_object, Bucket=self.bucket, Key=self.lock_key
+        reply = _s3_get(
+            self.client, self.bucket, self.lock_key, retry=self.retry, item_id=self.item_id
         )
         if reply is None:
             return False
         try:
-            return float(json.loads(reply["Body"].read())["expires_at"]) > time.time()
+            return float(json.loads(reply["Body"])["expires_at"]) > time.time()
         except (ValueError, KeyError, TypeError):
             return False
 
     def acquire(self, lease_seconds: float) -> Lease:
-        lease = _S3Lease(self.client, self.bucket, self.lock_key, lease_seconds)
+        lease = _S3Lease(
+            self.client,
+            self.bucket,
+            self.lock_key,
+            lease_seconds,
+            retry=self.retry,
+            item_id=self.item_id,
+        )
         lease.acquire()
         return lease
 
@@ -619,7 +682,7 @@ def output_info(settings: Settings, collection: str, item_id: str) -> OutputInfo
     if isinstance(location, S3Output):
         client = s3_client(settings)
         try:
-            return _s3_info(client, location, store_present=None)
+            return _s3_info(client, location, store_present=None, retry=location.retry)
         finally:
             client.close()
     assert isinstance(location, LocalOutput)
@@ -686,59 +749,88 @@ def _local_outputs(settings: Settings, collection: str | None) -> Iterator[Outpu
 # Listing on S3
 
 
-def _s3_get(client: S3Client, bucket: str, key: str) -> dict[str, Any] | None:
+def _s3_get(
+    client: S3Client, bucket: str, key: str, *, retry: RetryPolicy, item_id: str | None
+) -> dict[str, Any] | None:
     """The object's reply with its body read (`Body` bytes); None when it does not exist."""
     what = f"read of s3://{bucket}/{key}"
-    reply: dict[str, Any] | None = s3_request(what, client.get_object, Bucket=bucket, Key=key)
-    if reply is None:
-        return None
-    try:
-        reply["Body"] = reply["Body"].read()
-    except s3_errors() as exc:
-        raise s3_fault(what, exc) from exc
-    return reply
+
+    def attempt() -> dict[str, Any] | None:
+        reply: dict[str, Any] | None = s3_attempt(what, client.get_object, Bucket=bucket, Key=key)
+        if reply is None:
+            return None
+        try:
+            reply["Body"] = reply["Body"].read()
+        except s3_errors() as exc:
+            raise s3_fault(what, exc) from exc
+        return reply
+
+    return retry.call(attempt, item_id=item_id)
 
 
 def _s3_pages(
-    client: S3Client, bucket: str, prefix: str, delimiter: str | None = None
-) -> Iterator[dict[str, Any]]:
+    client: S3Client,
+    bucket: str,
+    prefix: str,
+    delimiter: str | None = None,
+    *,
+    retry: RetryPolicy,
+    item_id: str | None = None,
+) -> list[dict[str, Any]]:
+    """Every page of the listing; a failed page lists again from the start."""
     options: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
     if delimiter:
         options["Delimiter"] = delimiter
-    try:
-        yield from client.get_paginator("list_objects_v2").paginate(**options)
-    except s3_errors() as exc:
-        raise s3_fault(f"listing of s3://{bucket}/{prefix}", exc) from exc
+
+    def attempt() -> list[dict[str, Any]]:
+        try:
+            return list(client.get_paginator("list_objects_v2").paginate(**options))
+        except s3_errors() as exc:
+            raise s3_fault(f"listing of s3://{bucket}/{prefix}", exc) from exc
+
+    return retry.call(attempt, item_id=item_id)
 
 
-def _s3_newest(client: S3Client, bucket: str, prefix: str) -> datetime | None:
+def _s3_newest(
+    client: S3Client, bucket: str, prefix: str, *, retry: RetryPolicy, item_id: str
+) -> datetime | None:
     """The newest LastModified under the prefix; None when it holds nothing."""
     times = [
         obj["LastModified"]
-        for page in _s3_pages(client, bucket, prefix)
+        for page in _s3_pages(client, bucket, prefix, retry=retry, item_id=item_id)
         for obj in page.get("Contents", [])
     ]
     return max(times) if times else None
 
 
-def _s3_any(client: S3Client, bucket: str, prefix: str) -> bool:
-    try:
-        reply = client.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1)
-    except s3_errors() as exc:
-        raise s3_fault(f"listing of s3://{bucket}/{prefix}", exc) from exc
-    return bool(reply.get("KeyCount") or reply.get("Contents"))
+def _s3_any(
+    client: S3Client, bucket: str, prefix: str, *, retry: RetryPolicy, item_id: str
+) -> bool:
+    reply = s3_request(
+        f"listing of s3://{bucket}/{prefix}",
+        client.list_objects_v2,
+        retry=retry,
+        item_id=item_id,
+        Bucket=bucket,
+        Prefix=prefix,
+        MaxKeys=1,
+    )
+    return bool(reply and (reply.get("KeyCount") or reply.get("Contents")))
 
 
-def _s3_info(client: S3Client, location: S3Output, store_present: bool | None) -> OutputInfo | None:
+def _s3_info(
+    client: S3Client, location: S3Output, store_present: bool | None, *, retry: RetryPolicy
+) -> OutputInfo | None:
     """`store_present` if a listing told already, else None to look it up."""
     bucket = location.bucket
-    reply = _s3_get(client, bucket, location.marker_key)
+    item_id = location.item_id
+    reply = _s3_get(client, bucket, location.marker_key, retry=retry, item_id=item_id)
     newest = None
     if reply is None:  # no marker: the store's own age counts (a full listing, rare)
-        newest = _s3_newest(client, bucket, f"{location.key}/")
+        newest = _s3_newest(client, bucket, f"{location.key}/", retry=retry, item_id=item_id)
         store_present = newest is not None
     elif store_present is None:
-        store_present = _s3_any(client, bucket, f"{location.key}/")
+        store_present = _s3_any(client, bucket, f"{location.key}/", retry=retry, item_id=item_id)
     if reply is None and not store_present:
         return None
     marker: dict[str, Any] | None = None
@@ -756,13 +848,13 @@ def _s3_info(client: S3Client, location: S3Output, store_present: bool | None) -
 
 
 def _s3_collections(
-    client: S3Client, bucket: str, prefix: str, collection: str | None
+    client: S3Client, bucket: str, prefix: str, collection: str | None, *, retry: RetryPolicy
 ) -> list[str]:
     if collection is not None:
         return [collection]
     names = [
         str(common["Prefix"])[len(prefix) :].rstrip("/")
-        for page in _s3_pages(client, bucket, prefix, delimiter="/")
+        for page in _s3_pages(client, bucket, prefix, delimiter="/", retry=retry)
         for common in page.get("CommonPrefixes", [])
     ]
     return sorted(name for name in names if _is_collection_name(name))
@@ -775,12 +867,13 @@ def _s3_outputs(settings: Settings, collection: str | None) -> Iterator[OutputIn
     bucket = parsed.netloc
     root = parsed.path.strip("/")
     prefix = f"{root}/" if root else ""
+    retry = RetryPolicies.from_settings(settings).s3
     client = s3_client(settings)
     try:
-        for name in _s3_collections(client, bucket, prefix, collection):
+        for name in _s3_collections(client, bucket, prefix, collection, retry=retry):
             stores: set[str] = set()
             markers: set[str] = set()
-            for page in _s3_pages(client, bucket, f"{prefix}{name}/", delimiter="/"):
+            for page in _s3_pages(client, bucket, f"{prefix}{name}/", delimiter="/", retry=retry):
                 start = len(prefix) + len(name) + 1
                 stores |= {
                     str(c["Prefix"])[start:].rstrip("/") for c in page.get("CommonPrefixes", [])
@@ -788,7 +881,9 @@ def _s3_outputs(settings: Settings, collection: str | None) -> Iterator[OutputIn
                 markers |= {str(o["Key"])[start:] for o in page.get("Contents", [])}
             for item_id in _ids_from_names(stores, markers):
                 location = S3Output(settings, name, item_id)
-                info = _s3_info(client, location, store_present=f"{item_id}.zarr" in stores)
+                info = _s3_info(
+                    client, location, store_present=f"{item_id}.zarr" in stores, retry=retry
+                )
                 if info is not None:
                     yield info
     finally:

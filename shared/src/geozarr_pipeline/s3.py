@@ -21,11 +21,12 @@ def s3_client(
     *,
     connect_timeout: float = 10.0,
     read_timeout: float = 60.0,
-    total_attempts: int | None = None,
 ) -> S3Client:
     """A client for the configured endpoint; `pool_connections` per concurrent caller thread.
 
-    Short timeouts and one attempt suit writes that must never hold up the work (status).
+    botocore makes a single attempt per call: the S3 retry policy (`retries`, applied by
+    `faults.s3_request`, the object stores and the output store) is the one retry layer, so
+    the two never multiply. Short timeouts suit writes that must never hold up the work.
     """
     import boto3  # type: ignore[import-untyped]
     from botocore.config import Config  # type: ignore[import-untyped]
@@ -38,12 +39,8 @@ def s3_client(
         aws_access_key_id=settings.s3_access_key_id,
         aws_secret_access_key=secret.get_secret_value() if secret else None,
         config=Config(
-            # botocore's max_attempts counts retries; total_max_attempts counts every attempt.
-            retries=(
-                {"total_max_attempts": total_attempts, "mode": "standard"}
-                if total_attempts is not None
-                else {"max_attempts": 3, "mode": "standard"}
-            ),
+            # total_max_attempts counts every attempt (max_attempts would count retries).
+            retries={"total_max_attempts": 1, "mode": "standard"},
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
             max_pool_connections=pool_connections,

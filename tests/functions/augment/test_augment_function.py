@@ -107,7 +107,7 @@ def test_register_done_adds_the_map_links_and_replies(augment_function: AugmentF
     rels = [link["rel"] for link in stored["links"]]
     for rel in ("viewer", "xyz", "tilejson", "wmts"):
         assert rels.count(rel) == 1
-    assert stored["assets"]["thumbnail"]["href"].startswith(f"{root}/preview?format=png&")
+    assert stored["assets"]["thumbnail"]["href"].startswith(f"{root}/preview.png?max_size=512&")
     assert "true-color" in stored["properties"]["renders"]
     assert stored["assets"]["reflectance"] == before["assets"]["reflectance"]
     assert validation_errors(stored) == []

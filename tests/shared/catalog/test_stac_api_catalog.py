@@ -142,17 +142,25 @@ def test_delete_item_retries_transient_and_rejects_other_4xx(stac_api: StacApiIn
         proxy.close()
 
 
-def test_flaky_api_succeeds_after_retries(stac_api: StacApiInfo) -> None:
+def test_flaky_api_succeeds_after_retries(
+    stac_api: StacApiInfo, caplog: pytest.LogCaptureFixture
+) -> None:
     proxy = FaultProxy(stac_api.url)
     try:
         collection = _collection()
         catalog = _catalog(proxy.url)
         catalog.ensure_collection(collection)
         proxy.failures = [("POST", 503), ("POST", 502)]
+        caplog.set_level(logging.WARNING, logger="geozarr_pipeline.retries")
         catalog.put_item(_item(collection, "d"), "create-or-skip")
         posts = [s for m, _p, s in proxy.seen if m == "POST"]
         assert posts[-3:] == [503, 502, 201]
         assert catalog.get_item(collection, "d")["id"] == "d"
+        retries = [r for r in caplog.records if r.getMessage() == "retrying"]
+        assert [(getattr(r, "kind", None), getattr(r, "item_id", None)) for r in retries] == [
+            ("stac_api", "d"),
+            ("stac_api", "d"),
+        ]
     finally:
         proxy.close()
 
@@ -432,13 +440,25 @@ def test_opened_catalog_closes_its_client() -> None:
 def test_oidc_token_endpoint_answers_are_classified(
     status: int, body: str, error: type[Exception]
 ) -> None:
-    """A token endpoint answering HTML (a login page) is a permanent refusal, not a crash."""
+    """A token endpoint answering HTML (a login page) is a permanent refusal, not a crash;
+    a transient answer is tried again under the token policy, a refusal is not."""
     from geozarr_pipeline.catalog.auth import OidcClientCredentials
+    from geozarr_pipeline.retries import RetryPolicy
 
-    transport = httpx.MockTransport(lambda _request: httpx.Response(status, text=body))
-    with httpx.Client(transport=transport) as client:
+    seen: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(status, text=body)
+
+    with httpx.Client(transport=httpx.MockTransport(answer)) as client:
         auth = OidcClientCredentials(
-            token_url="http://token.invalid/token", client_id="c", client_secret="s", client=client
+            token_url="http://token.invalid/token",
+            client_id="c",
+            client_secret="s",
+            client=client,
+            retry=RetryPolicy("token", 2, 0.0, 0.0),
         )
         with pytest.raises(error):
             auth.headers()
+    assert len(seen) == (2 if error is TransientError else 1)

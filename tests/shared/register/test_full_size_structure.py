@@ -12,17 +12,24 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pystac
 import pytest
 
 from geozarr_pipeline.config import Settings
+from geozarr_pipeline.errors import InvalidInput
 from geozarr_pipeline.stac.grid import multiscale_grids
-from geozarr_pipeline.stac.item import build_item, raster_fields
+from geozarr_pipeline.stac.item import build_item, item_dict, raster_fields, read_source_item
 from geozarr_pipeline.stac.store import StoreTree, ZarrNode
 from geozarr_pipeline.stac.validate import validation_errors
 
 DATA = Path(__file__).parent / "data"
 HIERARCHY = (
     DATA / "S2A_MSIL2A_20251008T100041_N0511_R122_T32TQM_20251008T122613.geozarr-hierarchy.json"
+)
+REFERENCE_SOURCE_ITEM = (
+    Path(__file__).parents[3]
+    / "local/src/geozarr_local/sample/reference"
+    / "source-item.S2A_MSIL2A_20251113T102311_N0511_R065_T32TNQ_20251113T142515.json"
 )
 
 
@@ -68,26 +75,21 @@ def test_every_level_gets_its_real_grid(tree: StoreTree) -> None:
 
 
 def test_full_size_item(tree: StoreTree) -> None:
-    source_item = json.loads(
-        (
-            Path(__file__).parents[3]
-            / "local/src/geozarr_local/sample/reference"
-            / "source-item.S2A_MSIL2A_20251113T102311_N0511_R065_T32TNQ_20251113T142515.json"
-        ).read_text()
-    )
+    source_item = json.loads(REFERENCE_SOURCE_ITEM.read_text())
     settings = Settings(
         output_root="s3://bucket/geozarr", public_base_url="https://data.example.org/geozarr"
     )
-    item, paths = build_item(
+    built, paths = build_item(
         item_id="S2A_TEST",
         collection="sentinel-2-l2a",
-        source_item=source_item,
-        source_link={"rel": "derived_from", "href": "https://stac.example.org/items/x"},
+        source_item=read_source_item(source_item, "the reference source item"),
+        source_link=pystac.Link("derived_from", "https://stac.example.org/items/x"),
         store_url=tree.url,
         tree=tree,
         settings=settings,
     )
-    item["links"].append({"rel": "collection", "href": "https://stac.example.org/c"})
+    built.add_link(pystac.Link("collection", "https://stac.example.org/c"))
+    item = item_dict(built)
     assert validation_errors(item) == []
     reflectance = item["assets"]["reflectance"]
     assert reflectance["proj:shape"] == [10980, 10980]
@@ -120,6 +122,68 @@ def test_full_size_item(tree: StoreTree) -> None:
     assert "proj:bbox" not in item["properties"]
     assert item["properties"]["eo:cloud_cover"] == source_item["properties"]["eo:cloud_cover"]
     assert "xarray:open_dataset_kwargs" not in json.dumps(item)
+
+
+def test_a_source_bbox_with_west_greater_than_east_far_from_180_is_recomputed(
+    tree: StoreTree,
+) -> None:
+    """As EOPF products carry it (see their stac_discovery)."""
+    source = json.loads(REFERENCE_SOURCE_ITEM.read_text())
+    west, south, east, north = source["bbox"]
+    source["bbox"] = [east, south, west, north]
+    assert _built(tree, source)["bbox"] == [west, south, east, north]
+
+
+def test_a_source_bbox_across_the_antimeridian_is_kept(tree: StoreTree) -> None:
+    source = json.loads(REFERENCE_SOURCE_ITEM.read_text())
+    source["geometry"] = {
+        "type": "Polygon",
+        "coordinates": [
+            [[179.5, -17.0], [-179.5, -17.0], [-179.5, -16.0], [179.5, -16.0], [179.5, -17.0]]
+        ],
+    }
+    source["bbox"] = [179.5, -17.0, -179.5, -16.0]
+    assert _built(tree, source)["bbox"] == [179.5, -17.0, -179.5, -16.0]
+
+
+def _built(tree: StoreTree, source: dict[str, Any]) -> dict[str, Any]:
+    built, _paths = build_item(
+        item_id="S2A_TEST",
+        collection="sentinel-2-l2a",
+        source_item=read_source_item(source, "a source item"),
+        source_link=pystac.Link("derived_from", "https://stac.example.org/items/x"),
+        store_url=tree.url,
+        tree=tree,
+        settings=Settings(output_root="s3://bucket/geozarr"),
+    )
+    return item_dict(built)
+
+
+@pytest.mark.parametrize(
+    "published", ["2025-11-13T10:23:11.024+00:00", "2025-11-13T10:23:11.024000Z", None]
+)
+def test_the_source_datetime_is_written_as_published(
+    tree: StoreTree, published: str | None
+) -> None:
+    """pystac would write `...11.024000Z` for all of them; the item keeps the source's text."""
+    source = json.loads(REFERENCE_SOURCE_ITEM.read_text())
+    source["properties"]["datetime"] = published
+    assert _built(tree, source)["properties"]["datetime"] == published
+
+
+def test_a_source_datetime_that_is_no_date_time_is_invalid_input(tree: StoreTree) -> None:
+    source = json.loads(REFERENCE_SOURCE_ITEM.read_text())
+    source["properties"]["datetime"] = "null"  # as EOPF L1C products carry it
+    with pytest.raises(InvalidInput, match="datetime"):
+        _built(tree, source)
+
+
+def test_a_source_with_no_datetime_and_no_range_is_invalid_input(tree: StoreTree) -> None:
+    source = json.loads(REFERENCE_SOURCE_ITEM.read_text())
+    source["properties"]["datetime"] = None
+    del source["properties"]["start_datetime"], source["properties"]["end_datetime"]
+    with pytest.raises(InvalidInput, match="datetime"):
+        _built(tree, source)
 
 
 def test_scale_offset_and_nodata_come_from_the_array() -> None:

@@ -14,7 +14,6 @@ import pytest
 from geozarr_pipeline.config import Settings
 from geozarr_pipeline.errors import InvalidInput, OutputCheckFailed, RateLimited, TransientError
 from geozarr_pipeline.stac.hrefs import asset_hrefs
-from geozarr_pipeline.stac.item import item_bbox
 from geozarr_pipeline.stac.validate import validate_item, validation_errors
 from geozarr_pipeline.stages.register import build_registered_item
 from tests.fixtures.sample import LOCAL_SOURCES
@@ -180,19 +179,6 @@ def test_an_asset_node_missing_from_the_store_is_an_output_error(
     settings = Settings(output_root=str(tmp_path), **LOCAL_SOURCES)
     with httpx.Client() as client, pytest.raises(OutputCheckFailed, match="missing"):
         build_registered_item(done, settings, client, "http://catalog.invalid/c")
-
-
-def test_source_bbox_kept_when_valid_and_recomputed_when_not() -> None:
-    geometry = {
-        "type": "Polygon",
-        "coordinates": [[[179.5, -17.0], [-179.5, -17.0], [-179.5, -16.0], [179.5, -16.0]]],
-    }
-    antimeridian = [179.5, -17.0, -179.5, -16.0]
-    assert item_bbox(antimeridian, geometry) == antimeridian
-    three_d = [1.0, 2.0, 0.0, 1.5, 2.5, 100.0]
-    assert item_bbox(three_d, geometry) == three_d
-    assert item_bbox([179.5, -16.0, -179.5, -17.0], geometry) == [-179.5, -17.0, 179.5, -16.0]
-    assert item_bbox(None, geometry) == [-179.5, -17.0, 179.5, -16.0]
 
 
 def test_a_metadata_document_that_is_not_json_is_an_output_error(tmp_path: Path) -> None:

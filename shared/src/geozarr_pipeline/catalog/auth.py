@@ -1,7 +1,8 @@
 """Authentication for the STAC API: a static bearer token or OIDC client credentials.
 
 Tokens are kept in memory only and never logged; an OIDC token is refreshed before it
-expires (at 80 % of its lifetime, and at least 30 s early).
+expires (at 80 % of its lifetime, and at least 30 s early). A token fetch runs under the token
+retry policy (`retries`): network errors, 408, 429 and 5xx are retried, a refusal is not.
 """
 
 from __future__ import annotations
@@ -14,23 +15,24 @@ from typing import Any, Protocol
 
 import httpx
 
-from geozarr_pipeline.errors import TransientError, UpstreamRejected
-from geozarr_pipeline.faults import TRANSIENT_STATUSES
+from geozarr_pipeline.errors import UpstreamRejected
+from geozarr_pipeline.faults import TRANSIENT_STATUSES, http_answer_fault, http_request_fault
 from geozarr_pipeline.redaction import register_secrets
+from geozarr_pipeline.retries import RetryPolicy, default_policies
 
 Clock = Callable[[], float]
 
 
 class Auth(Protocol):
-    def headers(self) -> dict[str, str]:
-        """Authorization headers for the next request."""
+    def headers(self, *, item_id: str | None = None) -> dict[str, str]:
+        """Authorization headers for the next request (for `item_id`, in the retry log)."""
 
     def invalidate(self) -> bool:
         """Forget a cached token the API refused; True if the next request gets a new one."""
 
 
 class NoAuth:
-    def headers(self) -> dict[str, str]:
+    def headers(self, *, item_id: str | None = None) -> dict[str, str]:
         return {}
 
     def invalidate(self) -> bool:
@@ -41,7 +43,7 @@ class NoAuth:
 class BearerToken:
     token: str = field(repr=False)
 
-    def headers(self) -> dict[str, str]:
+    def headers(self, *, item_id: str | None = None) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"}
 
     def invalidate(self) -> bool:
@@ -56,16 +58,17 @@ class OidcClientCredentials:
     client: httpx.Client = field(repr=False)
     scope: str | None = None
     clock: Clock = time.monotonic
+    retry: RetryPolicy = field(default_factory=lambda: default_policies().token, repr=False)
     _token: str | None = field(default=None, repr=False)
     _previous: str | None = field(default=None, repr=False)
     _retired: str | None = field(default=None, repr=False)
     _refresh_at: float = 0.0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def headers(self) -> dict[str, str]:
+    def headers(self, *, item_id: str | None = None) -> dict[str, str]:
         with self._lock:
             if self._token is None or self.clock() >= self._refresh_at:
-                self._fetch()
+                self._fetch(item_id)
             return {"Authorization": f"Bearer {self._token}"}
 
     def invalidate(self) -> bool:
@@ -73,7 +76,8 @@ class OidcClientCredentials:
             self._token = None
         return True
 
-    def _fetch(self) -> None:
+    def _request_token(self) -> httpx.Response:
+        """One attempt: the endpoint's answer, or the error `faults` makes of it."""
         data = {"grant_type": "client_credentials"}
         if self.scope:
             data["scope"] = self.scope
@@ -82,13 +86,22 @@ class OidcClientCredentials:
                 self.token_url, data=data, auth=(self.client_id, self.client_secret)
             )
         except httpx.HTTPError as exc:
-            raise TransientError(f"token endpoint unreachable: {type(exc).__name__}") from exc
-        if response.status_code in TRANSIENT_STATUSES:
-            raise TransientError(f"token endpoint answered {response.status_code}")
+            raise http_request_fault("the token endpoint", exc, doing="calling") from exc
+        fault = (
+            http_answer_fault(response, "the token endpoint")
+            if response.status_code in TRANSIENT_STATUSES
+            else None
+        )
+        if fault is not None:
+            raise fault
         if response.status_code >= 400:
             raise UpstreamRejected(
                 f"token endpoint refused the client credentials ({response.status_code})"
             )
+        return response
+
+    def _fetch(self, item_id: str | None) -> None:
+        response = self.retry.call(self._request_token, item_id=item_id)
         try:
             body: Any = response.json()
         except ValueError:

@@ -20,6 +20,7 @@ import httpx
 from geozarr_pipeline.config import Settings
 from geozarr_pipeline.errors import InvalidInput, SourceNotFound, UnsupportedProduct
 from geozarr_pipeline.faults import http_probe
+from geozarr_pipeline.retries import RetryPolicies
 from geozarr_pipeline.stac.source import fetch_source_item
 from geozarr_pipeline.urlpolicy import check_url, fsspec_http_options, policy_client
 
@@ -123,16 +124,22 @@ def check_sentinel2_properties(properties: dict[str, Any], where: str) -> None:
 
 
 def resolve_source(
-    source_url: str, settings: Settings, client: httpx.Client | None = None
+    source_url: str,
+    settings: Settings,
+    client: httpx.Client | None = None,
+    *,
+    item_id: str | None = None,
 ) -> SourceProduct:
-    """Resolve an event's `source_url` into the Zarr URL to convert."""
+    """Resolve an event's `source_url` into the Zarr URL to convert (for `item_id`, named in
+    the retry log)."""
     check_url(source_url, settings)
     if is_zarr_url(source_url):
         return SourceProduct(source_url=source_url, zarr_url=source_url.rstrip("/"))
     owns_client = client is None
     active = client or http_client(settings)
+    retry = RetryPolicies.from_settings(settings).source
     try:
-        item = fetch_source_item(source_url, active)
+        item = fetch_source_item(source_url, active, retry=retry, item_id=item_id)
     finally:
         if owns_client:
             active.close()
@@ -145,27 +152,35 @@ def resolve_source(
     return SourceProduct(source_url=source_url, zarr_url=zarr_url, item_url=source_url, item=item)
 
 
+def _probe_metadata(client: httpx.Client, zarr_url: str) -> str:
+    """The text of the product's `.zmetadata`, else of its `zarr.json` (Zarr v3)."""
+    for name in (".zmetadata", "zarr.json"):
+        response = http_probe(client, f"{zarr_url}/{name}", "product metadata")
+        if response is not None:
+            return response.text
+    raise SourceNotFound(f"no Zarr product at {zarr_url} (no .zmetadata)")
+
+
 def read_root_metadata(
-    zarr_url: str, settings: Settings, client: httpx.Client | None = None
+    zarr_url: str,
+    settings: Settings,
+    client: httpx.Client | None = None,
+    *,
+    item_id: str | None = None,
 ) -> dict[str, Any]:
     """The product's consolidated metadata (`.zmetadata`), fetched before the heavy open.
 
-    It tells a missing product (4xx) from a network fault (retried) cheaply, and its root
-    attributes say whether the product is Sentinel-2.
+    It tells a missing product (4xx) from a network fault (retried under the source read
+    policy, logged with `item_id`) cheaply, and its root attributes say whether the product is
+    Sentinel-2.
     """
     scheme = urlparse(zarr_url).scheme.lower()
     if scheme in ("http", "https"):
         owns_client = client is None
         active = client or http_client(settings)
+        retry = RetryPolicies.from_settings(settings).source
         try:
-            response = http_probe(active, f"{zarr_url}/.zmetadata", "product metadata")
-            if response is None:
-                v3 = http_probe(active, f"{zarr_url}/zarr.json", "product metadata")
-                if v3 is None:
-                    raise SourceNotFound(f"no Zarr product at {zarr_url} (no .zmetadata)")
-                text = v3.text
-            else:
-                text = response.text
+            text = retry.call(lambda: _probe_metadata(active, zarr_url), item_id=item_id)
         finally:
             if owns_client:
                 active.close()

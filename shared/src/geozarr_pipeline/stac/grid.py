@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from pystac.extensions.projection import ProjectionExtension
+
 from geozarr_pipeline.stac.store import StoreTree, ZarrNode
 
 Transform = tuple[float, float, float, float, float, float]
@@ -34,14 +36,12 @@ class Grid:
         ys = [f, f + d * cols + e * rows]
         return [min(xs), min(ys), max(xs), max(ys)]
 
-    def stac_fields(self) -> dict[str, Any]:
-        fields: dict[str, Any] = {
-            "proj:code": self.code,
-            "proj:shape": list(self.shape),
-            "proj:transform": [_clean(v) for v in self.transform],
-            "proj:bbox": [_clean(v) for v in self.bbox],
-        }
-        return fields
+    def describe(self, projection: ProjectionExtension[Any]) -> None:
+        """Write the grid as projection fields: proj:code, proj:shape, proj:transform, proj:bbox."""
+        projection.code = self.code
+        projection.shape = list(self.shape)
+        projection.transform = [_clean(v) for v in self.transform]
+        projection.bbox = [_clean(v) for v in self.bbox]
 
 
 def _clean(value: float) -> float:

@@ -3,26 +3,35 @@
 Nothing here is guessed from path names: the reflectance pyramid is the group carrying a
 `multiscales` layout, bands are the arrays its levels really hold, and every other asset is
 a group of the store that exists and has a grid.
+
+Items are read and built as pystac Items. pystac's projection extension (v2.0.0) writes the
+`proj:*` fields. Its eo and raster extension classes are v1.1.0 (`eo:bands`, `raster:bands`),
+while the item declares eo and raster v2.0.0 with STAC 1.1 `bands`, so band fields, `gsd`,
+`alternate` and the processing properties are plain extra fields.
 """
 
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Any
 
+import pystac
+from pystac.extensions.projection import ProjectionExtension
+from pystac.utils import str_to_datetime
+
 from geozarr_pipeline.config import Settings
-from geozarr_pipeline.errors import OutputCheckFailed
+from geozarr_pipeline.errors import InvalidInput, OutputCheckFailed
 from geozarr_pipeline.stac.grid import Grid, group_grid, multiscale_grids
 from geozarr_pipeline.stac.hrefs import ALTERNATE_ASSETS_EXTENSION, asset_hrefs
 from geozarr_pipeline.stac.store import StoreTree, ZarrNode
 
-STAC_VERSION = "1.1.0"
 ZARR_MULTISCALES = "application/vnd.zarr; version=3; profile=multiscales"
 ZARR_V3 = "application/vnd.zarr; version=3"
 EXTENSIONS = {
-    "projection": "https://stac-extensions.github.io/projection/v2.0.0/schema.json",
+    "projection": ProjectionExtension.get_schema_uri(),
     "eo": "https://stac-extensions.github.io/eo/v2.0.0/schema.json",
     "raster": "https://stac-extensions.github.io/raster/v2.0.0/schema.json",
     "alternate-assets": ALTERNATE_ASSETS_EXTENSION,
@@ -31,6 +40,12 @@ EXTENSIONS = {
 SOURCE_ONLY_PROPERTIES = ("proj:bbox", "proj:shape", "proj:transform", "proj:epsg", "proj:wkt2")
 # Source links not carried over: the catalog sets its own, and derived_from points at the source.
 DROPPED_SOURCE_LINK_RELS = frozenset({"self", "root", "parent", "collection", "derived_from"})
+# Source asset fields an auxiliary asset takes over when the store does not state them.
+SOURCE_RASTER_FIELDS = ("raster:scale", "raster:offset")
+# A bbox agrees with its geometry when it holds the geometry's bounds (within float rounding)
+# and no side lies further out than this share of the geometry's span.
+BBOX_ROUNDING_DEGREES = 1e-7
+BBOX_SLACK = 0.01
 
 
 @dataclass(frozen=True)
@@ -50,6 +65,48 @@ AUXILIARY_LAYERS = (
     AuxiliaryLayer("cld", "CLD", "Cloud probability", ("data", "cloud")),
     AuxiliaryLayer("snw", "SNW", "Snow probability", ("data", "snow-ice")),
 )
+
+
+class RegisteredItem(pystac.Item):
+    """A pystac Item that writes `datetime` as the source wrote it.
+
+    pystac writes a datetime in its own form (`Z`, microseconds when there are any); a source's
+    `+00:00` or millisecond text names the same instant and is kept as it was published.
+    """
+
+    datetime_text: str | None = None
+
+    def to_dict(
+        self, include_self_link: bool = True, transform_hrefs: bool = True
+    ) -> dict[str, Any]:
+        data = super().to_dict(include_self_link=include_self_link, transform_hrefs=transform_hrefs)
+        text = self.datetime_text
+        if text is not None and str_to_datetime(text) == self.datetime:
+            data["properties"]["datetime"] = text
+        return data
+
+
+def item_dict(item: pystac.Item) -> dict[str, Any]:
+    """The item's JSON as the catalog stores it: no self link, hrefs as they are, a copy."""
+    return copy.deepcopy(item.to_dict(include_self_link=False, transform_hrefs=False))
+
+
+def read_source_item(data: dict[str, Any], where: str) -> pystac.Item:
+    """The source item read by pystac, not migrated: its fields and extensions as published."""
+    published = (data.get("properties") or {}).get("datetime")
+    if published is not None:
+        try:
+            str_to_datetime(published)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise InvalidInput(
+                f"source item {where}: datetime {str(published)[:60]!r} is not an RFC 3339 "
+                "date-time",
+                field="datetime",
+            ) from exc
+    try:
+        return pystac.Item.from_dict(data, migrate=False)
+    except (pystac.STACError, pystac.STACTypeError, AttributeError, KeyError, TypeError) as exc:
+        raise InvalidInput(f"source item {where} is not a STAC item: {exc}") from exc
 
 
 def _extension_key(url: str) -> str:
@@ -101,7 +158,7 @@ def raster_fields(node: ZarrNode) -> dict[str, Any]:
     return fields
 
 
-def band_catalogue(source_item: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def band_catalogue(source_item: pystac.Item) -> dict[str, dict[str, Any]]:
     """Spectral description of each band (lower-case name) from the source item.
 
     Reads STAC 1.1 `bands` of the assets and properties, and the older `eo:bands`.
@@ -129,15 +186,20 @@ def band_catalogue(source_item: dict[str, Any]) -> dict[str, dict[str, Any]]:
                         value = round(value / 1000 if value > 100 else value, 6)
                     info[ours] = value
 
-    for asset in (source_item.get("assets") or {}).values():
-        bands = asset.get("bands") or asset.get("eo:bands") or []
+    def asset_bands(asset: pystac.Asset) -> list[dict[str, Any]]:
+        bands = asset.extra_fields.get("bands") or asset.extra_fields.get("eo:bands") or []
+        return [entry for entry in bands if isinstance(entry, dict)]
+
+    for asset in source_item.assets.values():
+        bands = asset_bands(asset)
         if len(bands) == 1:
             add(bands[0])
-    for asset in (source_item.get("assets") or {}).values():
-        for entry in asset.get("bands") or asset.get("eo:bands") or []:
+    for asset in source_item.assets.values():
+        for entry in asset_bands(asset):
             add(entry)
-    for entry in (source_item.get("properties") or {}).get("bands") or []:
-        add(entry)
+    for entry in source_item.properties.get("bands") or []:
+        if isinstance(entry, dict):
+            add(entry)
     return found
 
 
@@ -146,9 +208,25 @@ def _level_resolution(grids: dict[str, Grid], name: str) -> float:
     return grid.resolution if grid else math.inf
 
 
+def _zarr_asset(
+    media_type: str, title: str, roles: list[str], grid: Grid, fields: dict[str, Any]
+) -> pystac.Asset:
+    """An asset of the store on `grid`; its href is set once every asset is known."""
+    asset = pystac.Asset(
+        href="",
+        media_type=media_type,
+        title=title,
+        roles=roles,
+        extra_fields={"gsd": grid.resolution},
+    )
+    grid.describe(ProjectionExtension.ext(asset))
+    asset.extra_fields.update(fields)
+    return asset
+
+
 def reflectance_asset(
     tree: StoreTree, pyramid: ZarrNode, bands_info: dict[str, dict[str, Any]]
-) -> tuple[dict[str, Any], Grid]:
+) -> tuple[pystac.Asset, Grid]:
     grids = multiscale_grids(tree, pyramid)
     if not grids:
         raise OutputCheckFailed(f"{pyramid.path}: no level of the multiscales layout has a grid")
@@ -171,25 +249,24 @@ def reflectance_asset(
             bands[array.name] = band
     if not bands:
         raise OutputCheckFailed(f"{pyramid.path}: the pyramid holds no band arrays")
-    asset: dict[str, Any] = {
-        "type": ZARR_MULTISCALES,
-        "title": "Surface reflectance (multiscale GeoZarr)",
-        "roles": ["data", "reflectance"],
-        "gsd": finest.resolution,
-        **finest.stac_fields(),
-        "bands": [bands[name] for name in sorted(bands)],
-    }
+    asset = _zarr_asset(
+        ZARR_MULTISCALES,
+        "Surface reflectance (multiscale GeoZarr)",
+        ["data", "reflectance"],
+        finest,
+        {"bands": [bands[name] for name in sorted(bands)]},
+    )
     return asset, finest
 
 
 def auxiliary_assets(
-    tree: StoreTree, source_assets: dict[str, Any], skip_prefix: str
-) -> dict[str, tuple[str, dict[str, Any]]]:
+    tree: StoreTree, source_assets: dict[str, pystac.Asset], skip_prefix: str
+) -> dict[str, tuple[str, pystac.Asset]]:
     """Asset key -> (node path, asset) for the auxiliary layers the store holds.
 
     Each layer is taken at its finest resolution; groups inside the pyramid are skipped.
     """
-    chosen: dict[str, tuple[float, str, str, dict[str, Any]]] = {}
+    chosen: dict[str, tuple[float, str, str, pystac.Asset]] = {}
     for group in tree.groups():
         if not group.path or group.path.startswith(skip_prefix):
             continue
@@ -206,21 +283,16 @@ def auxiliary_assets(
                 continue
             array = children[layer.variable]
             key = f"{layer.key}_{grid.resolution:g}m"
-            asset: dict[str, Any] = {
-                "type": ZARR_V3,
-                "title": layer.title,
-                "roles": list(layer.roles),
-                "gsd": grid.resolution,
-                **grid.stac_fields(),
-                **raster_fields(array),
-            }
-            source = source_assets.get(key) or {}
-            for field in ("title", "description", "raster:scale", "raster:offset"):
-                if field in source and field not in asset:
-                    asset[field] = source[field]
+            asset = _zarr_asset(ZARR_V3, layer.title, list(layer.roles), grid, raster_fields(array))
+            source = source_assets.get(key)
+            if source is not None:
+                asset.description = source.description
+                for field in SOURCE_RASTER_FIELDS:
+                    if field in source.extra_fields and field not in asset.extra_fields:
+                        asset.extra_fields[field] = source.extra_fields[field]
             long_name = array.attributes.get("long_name")
-            if "description" not in asset and isinstance(long_name, str):
-                asset["description"] = long_name
+            if asset.description is None and isinstance(long_name, str):
+                asset.description = long_name
             chosen[layer.key] = (grid.resolution, key, array.path, asset)
     return {key: (path, asset) for _resolution, key, path, asset in chosen.values()}
 
@@ -234,105 +306,205 @@ def find_pyramid(tree: StoreTree) -> ZarrNode:
     return sorted(preferred, key=lambda g: g.path)[0]
 
 
-def _bbox_of(geometry: dict[str, Any]) -> list[float] | None:
-    points: list[tuple[float, float]] = []
+def _is_position(value: Any) -> bool:
+    return (
+        isinstance(value, list | tuple)
+        and len(value) >= 2
+        and all(isinstance(c, int | float) and not isinstance(c, bool) for c in value[:2])
+    )
+
+
+def _sequences(geometry: dict[str, Any]) -> list[list[tuple[float, float]]]:
+    """The geometry's coordinate sequences (rings, lines, points) as (lon, lat) pairs."""
+    if geometry.get("type") == "GeometryCollection":
+        parts = geometry.get("geometries") or []
+        return [seq for part in parts if isinstance(part, dict) for seq in _sequences(part)]
+    sequences: list[list[tuple[float, float]]] = []
 
     def collect(coords: Any) -> None:
-        if (
-            isinstance(coords, list)
-            and len(coords) >= 2
-            and all(isinstance(c, int | float) for c in coords[:2])
-        ):
-            points.append((float(coords[0]), float(coords[1])))
+        if _is_position(coords):
+            sequences.append([(float(coords[0]), float(coords[1]))])
+        elif isinstance(coords, list) and coords and all(_is_position(c) for c in coords):
+            sequences.append([(float(c[0]), float(c[1])) for c in coords])
         elif isinstance(coords, list):
-            for item in coords:
-                collect(item)
+            for part in coords:
+                collect(part)
 
     collect(geometry.get("coordinates"))
-    if not points:
-        return None
-    xs, ys = zip(*points, strict=True)
-    return [min(xs), min(ys), max(xs), max(ys)]
+    return sequences
 
 
-def item_bbox(bbox: Any, geometry: dict[str, Any] | None) -> Any:
-    """The source bbox if it is a valid 2D or 3D one, else the geometry's bounds.
+def _has_long_edge(sequence: list[tuple[float, float]]) -> bool:
+    """An edge over 180 degrees of longitude: taken the shorter way, it crosses 180."""
+    return any(abs(b[0] - a[0]) > 180.0 for a, b in itertools.pairwise(sequence))
 
-    West > east is valid STAC (a bbox crossing the antimeridian) and is kept.
+
+def _eastward(sequence: list[tuple[float, float]]) -> list[float]:
+    """Longitudes counted eastwards across 180: -179 is 181 in a part that crosses 180 and in
+    a part lying west of 0 (the western half of a geometry split at the antimeridian)."""
+    lons = [lon for lon, _lat in sequence]
+    if _has_long_edge(sequence):
+        return [lon + 360.0 if lon < 0 else lon for lon in lons]
+    if lons and max(lons) <= 0:
+        return [lon + 360.0 for lon in lons]
+    return lons
+
+
+def crosses_antimeridian(geometry: dict[str, Any]) -> bool:
+    """Whether the geometry spans the antimeridian.
+
+    Edges are taken the shorter way round, so a part with an edge over 180 degrees of
+    longitude crosses it. A geometry split at the antimeridian (a part reaching +180, another
+    reaching -180) does when it is narrower counted eastwards across 180 than across 0; a
+    single part reaching both goes round the globe.
     """
-    if isinstance(bbox, list) and len(bbox) in (4, 6):
-        numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in bbox)
-        if numbers and bbox[1] <= bbox[len(bbox) // 2 + 1]:
-            return bbox
-    return _bbox_of(geometry) if geometry else bbox
+    sequences = [seq for seq in _sequences(geometry) if seq]
+    if any(_has_long_edge(seq) for seq in sequences):
+        return True
+    reaches_east = [
+        max(lon for lon, _ in seq) >= 180.0 - BBOX_ROUNDING_DEGREES for seq in sequences
+    ]
+    reaches_west = [
+        min(lon for lon, _ in seq) <= BBOX_ROUNDING_DEGREES - 180.0 for seq in sequences
+    ]
+    if not any(reaches_east) or not any(reaches_west):
+        return False
+    if any(e and w for e, w in zip(reaches_east, reaches_west, strict=True)):
+        return False
+    lons = [lon for seq in sequences for lon, _lat in seq]
+    eastward = [lon for seq in sequences for lon in _eastward(seq)]
+    return max(eastward) - min(eastward) < max(lons) - min(lons)
+
+
+def geometry_bbox(geometry: dict[str, Any]) -> list[float] | None:
+    """The geometry's bounds; west > east when it crosses the antimeridian."""
+    sequences = [seq for seq in _sequences(geometry) if seq]
+    if not sequences:
+        return None
+    lats = [lat for seq in sequences for _lon, lat in seq]
+    if crosses_antimeridian(geometry):
+        eastward = [lon for seq in sequences for lon in _eastward(seq)]
+        return [min(eastward), min(lats), max(eastward) - 360.0, max(lats)]
+    lons = [lon for seq in sequences for lon, _lat in seq]
+    return [min(lons), min(lats), max(lons), max(lats)]
+
+
+def _well_formed(bbox: Any) -> bool:
+    """4 or 6 numbers with south <= north (west > east is allowed: the antimeridian form)."""
+    if not isinstance(bbox, list) or len(bbox) not in (4, 6):
+        return False
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in bbox):
+        return False
+    return bool(bbox[1] <= bbox[len(bbox) // 2 + 1])
+
+
+def _horizontal(bbox: list[float]) -> list[float]:
+    half = len(bbox) // 2
+    return [bbox[0], bbox[1], bbox[half], bbox[half + 1]]
+
+
+def bbox_agrees(bbox: list[float], bounds: list[float]) -> bool:
+    """Whether a well-formed bbox states the geometry's `bounds` (from `geometry_bbox`).
+
+    The same way round the antimeridian, holding the bounds within float rounding, and no
+    side further out than BBOX_SLACK of the geometry's span.
+    """
+    west, south, east, north = _horizontal(bbox)
+    b_west, b_south, b_east, b_north = bounds
+    if (west > east) != (b_west > b_east):
+        return False
+    if b_west > b_east:
+        east, b_east = east + 360.0, b_east + 360.0
+    slack_x = max(BBOX_ROUNDING_DEGREES, BBOX_SLACK * (b_east - b_west))
+    slack_y = max(BBOX_ROUNDING_DEGREES, BBOX_SLACK * (b_north - b_south))
+    return (
+        b_west - slack_x <= west <= b_west + BBOX_ROUNDING_DEGREES
+        and b_south - slack_y <= south <= b_south + BBOX_ROUNDING_DEGREES
+        and b_east - BBOX_ROUNDING_DEGREES <= east <= b_east + slack_x
+        and b_north - BBOX_ROUNDING_DEGREES <= north <= b_north + slack_y
+    )
+
+
+def item_bbox(bbox: Any, geometry: dict[str, Any] | None) -> list[float] | None:
+    """The source bbox when it agrees with the geometry, else the geometry's own bounds.
+
+    A genuine antimeridian bbox (west > east around a geometry that crosses 180) is kept;
+    EOPF products carry west > east for scenes far from it, and those are recomputed, as is a
+    bbox that misses part of the geometry or is far larger. A 3D bbox keeps its heights.
+    """
+    bounds = geometry_bbox(geometry) if geometry else None
+    if bounds is None:
+        return list(bbox) if _well_formed(bbox) else None
+    if _well_formed(bbox) and bbox_agrees(bbox, bounds):
+        return list(bbox)
+    if _well_formed(bbox) and len(bbox) == 6:
+        west, south, east, north = bounds
+        return [west, south, bbox[2], east, north, bbox[5]]
+    return bounds
+
+
+def _copied_link(link: pystac.Link) -> pystac.Link:
+    """A copy with its extra fields (pystac's `Link.clone` drops them)."""
+    return pystac.Link.from_dict(link.to_dict(transform_href=False))
 
 
 def build_item(
     *,
     item_id: str,
     collection: str,
-    source_item: dict[str, Any],
-    source_link: dict[str, Any],
+    source_item: pystac.Item,
+    source_link: pystac.Link,
     store_url: str,
     tree: StoreTree,
     settings: Settings,
-) -> tuple[dict[str, Any], dict[str, str]]:
-    """The item, and for each asset the store-relative path it points at."""
+) -> tuple[pystac.Item, dict[str, str]]:
+    """The item (a pystac Item; `item_dict` gives its JSON), and for each asset the
+    store-relative path it points at."""
     bands_info = band_catalogue(source_item)
     pyramid = find_pyramid(tree)
     reflectance, finest = reflectance_asset(tree, pyramid, bands_info)
-    source_assets = source_item.get("assets") or {}
     node_paths: dict[str, str] = {"reflectance": pyramid.path}
-    assets: dict[str, dict[str, Any]] = {"reflectance": reflectance}
+    assets: dict[str, pystac.Asset] = {"reflectance": reflectance}
     for key, (path, asset) in sorted(
-        auxiliary_assets(tree, source_assets, pyramid.path + "/").items()
+        auxiliary_assets(tree, source_item.assets, pyramid.path + "/").items()
     ):
         assets[key] = asset
         node_paths[key] = path
-    assets["product"] = {
-        "type": ZARR_V3,
-        "title": "GeoZarr store",
-        "roles": ["data", "metadata"],
-    }
+    assets["product"] = pystac.Asset(
+        href="", media_type=ZARR_V3, title="GeoZarr store", roles=["data", "metadata"]
+    )
     node_paths["product"] = ""
     base = store_url.rstrip("/")
     uses_alternates = False
     for key, asset in assets.items():
-        url = f"{base}/{node_paths[key]}".rstrip("/")
-        href, alternates = asset_hrefs(url, settings)
-        asset["href"] = href
+        asset.href, alternates = asset_hrefs(f"{base}/{node_paths[key]}".rstrip("/"), settings)
         if alternates:
-            asset["alternate"] = alternates
+            asset.extra_fields["alternate"] = alternates
             uses_alternates = True
 
-    properties = copy.deepcopy(source_item.get("properties") or {})
+    properties = copy.deepcopy(source_item.properties)
     for name in SOURCE_ONLY_PROPERTIES:
         properties.pop(name, None)
-    properties["proj:code"] = finest.code
-    if "datetime" not in properties:
-        properties["datetime"] = None
-
     ours = [EXTENSIONS["projection"], EXTENSIONS["eo"], EXTENSIONS["raster"]]
     if uses_alternates:
         ours.append(EXTENSIONS["alternate-assets"])
-    links = [
-        copy.deepcopy(link)
-        for link in source_item.get("links") or []
-        if isinstance(link, dict) and link.get("rel") not in DROPPED_SOURCE_LINK_RELS
-    ]
-    links.append(source_link)
-    geometry = copy.deepcopy(source_item.get("geometry"))
-    bbox = item_bbox(source_item.get("bbox"), geometry)
-    item: dict[str, Any] = {
-        "type": "Feature",
-        "stac_version": STAC_VERSION,
-        "stac_extensions": merge_extensions(list(source_item.get("stac_extensions") or []), ours),
-        "id": item_id,
-        "collection": collection,
-        "geometry": geometry,
-        "bbox": bbox,
-        "properties": properties,
-        "links": links,
-        "assets": assets,
-    }
+    geometry = copy.deepcopy(source_item.geometry)
+    item = RegisteredItem(
+        id=item_id,
+        geometry=geometry,
+        bbox=item_bbox(source_item.bbox, geometry),
+        datetime=source_item.datetime,
+        properties=properties,
+        stac_extensions=merge_extensions(list(source_item.stac_extensions), ours),
+        collection=collection,
+    )
+    published = properties.get("datetime")
+    item.datetime_text = published if isinstance(published, str) else None
+    ProjectionExtension.ext(item).code = finest.code
+    for link in source_item.links:
+        if link.rel not in DROPPED_SOURCE_LINK_RELS:
+            item.add_link(_copied_link(link))
+    item.add_link(source_link)
+    for key, asset in assets.items():
+        item.add_asset(key, asset)
     return item, node_paths

@@ -11,17 +11,26 @@ import httpx
 
 from geozarr_pipeline.errors import InvalidInput, SourceNotFound
 from geozarr_pipeline.faults import http_read
+from geozarr_pipeline.retries import RetryPolicy, default_policies
 from geozarr_pipeline.stac.store import StoreReader
 
 ACCEPT_ITEM = {"Accept": "application/geo+json, application/json"}
 
 
-def fetch_source_item(url: str, client: httpx.Client) -> dict[str, Any]:
+def fetch_source_item(
+    url: str,
+    client: httpx.Client,
+    *,
+    retry: RetryPolicy | None = None,
+    item_id: str | None = None,
+) -> dict[str, Any]:
     """The source STAC item at `url` (http(s), or file:// in local mode).
 
     The caller has checked `url` against the URL policy; `client` checks every redirect hop.
     Faults are classified by `faults`: absent or denied is a permanent SourceNotFound, 408,
-    429, 5xx and network errors are transient, and a document that is no item is invalid.
+    429, 5xx and network errors are transient (retried under `retry`, the source read policy,
+    the default settings' one if None; logged with `item_id`), and a document that is no item
+    is invalid.
     """
     if urlparse(url).scheme.lower() == "file":
         path = Path(unquote(urlparse(url).path))
@@ -29,7 +38,11 @@ def fetch_source_item(url: str, client: httpx.Client) -> dict[str, Any]:
             raise SourceNotFound(f"source item {url} does not exist")
         text = path.read_text()
     else:
-        text = http_read(client, url, "source item", headers=ACCEPT_ITEM).text
+        policy = retry if retry is not None else default_policies().source
+        text = policy.call(
+            lambda: http_read(client, url, "source item", headers=ACCEPT_ITEM).text,
+            item_id=item_id,
+        )
     try:
         item = json.loads(text)
     except ValueError as exc:

@@ -37,8 +37,8 @@ def run(event: ConvertRequested, settings: Settings) -> ConvertDone:
         if done is not None:
             return done
         options = engine.EffectiveOptions.resolve(event.options, settings)
-        source = sources.resolve_source(event.source_url, settings)
-        metadata = sources.read_root_metadata(source.zarr_url, settings)
+        source = sources.resolve_source(event.source_url, settings, item_id=item_id)
+        metadata = sources.read_root_metadata(source.zarr_url, settings, item_id=item_id)
         sources.check_sentinel2_metadata(metadata, source.zarr_url)
         progress.step("resolved", zarr_url=source.zarr_url, options=options.as_dict())
         lease = location.acquire(settings.convert_lease_seconds)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import pystac
 
 from geozarr_pipeline import output_store
 from geozarr_pipeline.catalog import Catalog, opened_catalog
@@ -24,8 +25,9 @@ from geozarr_pipeline.provenance import (
     PROCESSING_EXTENSION,
     processing_properties,
 )
+from geozarr_pipeline.retries import RetryPolicies
 from geozarr_pipeline.stac.hrefs import canonical_store_url
-from geozarr_pipeline.stac.item import build_item, merge_extensions
+from geozarr_pipeline.stac.item import build_item, item_dict, merge_extensions, read_source_item
 from geozarr_pipeline.stac.source import derived_from_link, fetch_source_item, item_from_product
 from geozarr_pipeline.stac.store import node_exists, open_reader, read_store
 from geozarr_pipeline.stac.validate import validate_item
@@ -95,21 +97,29 @@ def build_registered_item(
     """The validated item for a converted store; every asset points at an existing node."""
     conversion = converted_store(event, settings)
     event = conversion.done
+    retry = RetryPolicies.from_settings(settings).source
     if event.source_item_url:
         check_url(event.source_item_url, settings, what="source item URL")
-        source_item = fetch_source_item(event.source_item_url, client)
+        source_item = fetch_source_item(
+            event.source_item_url, client, retry=retry, item_id=event.item_id
+        )
     else:
         check_url(event.zarr_url, settings, what="source Zarr URL")
         with contextlib.closing(open_reader(event.zarr_url, settings, client)) as product:
-            source_item = item_from_product(product, event.zarr_url)
+            zarr_url = event.zarr_url
+            source_item = retry.call(
+                lambda: item_from_product(product, zarr_url), item_id=event.item_id
+            )
     store_url = conversion.store_url
     with contextlib.closing(open_reader(store_url, settings, client)) as reader:
         tree = read_store(store_url, reader)
         item, node_paths = build_item(
             item_id=event.item_id,
             collection=event.collection,
-            source_item=source_item,
-            source_link=derived_from_link(event.source_item_url, event.zarr_url),
+            source_item=read_source_item(source_item, event.source_item_url or event.zarr_url),
+            source_link=pystac.Link.from_dict(
+                derived_from_link(event.source_item_url, event.zarr_url)
+            ),
             store_url=store_url,
             tree=tree,
             settings=settings,
@@ -119,11 +129,12 @@ def build_registered_item(
         raise OutputCheckFailed(
             f"assets {', '.join(sorted(missing))} point at nodes missing from {store_url}"
         )
-    item["links"].append({"rel": "collection", "href": collection_url, "type": "application/json"})
-    item["properties"].update(processing_properties(conversion.marker, item["properties"]))
-    item["stac_extensions"] = merge_extensions(item["stac_extensions"], [PROCESSING_EXTENSION])
-    validate_item(item)
-    return item
+    item.add_link(pystac.Link("collection", collection_url, media_type="application/json"))
+    item.properties.update(processing_properties(conversion.marker, item.properties))
+    item.stac_extensions = merge_extensions(item.stac_extensions, [PROCESSING_EXTENSION])
+    registered = item_dict(item)
+    validate_item(registered)
+    return registered
 
 
 def run(
