@@ -44,7 +44,7 @@ from geozarr_pipeline.retries import (
 )
 from geozarr_pipeline.s3 import s3_client
 from geozarr_pipeline.stac.source import fetch_source_item
-from geozarr_pipeline.stac.store import HttpReader
+from geozarr_pipeline.stac.store import HttpReader, S3Reader
 
 ITEM_ID = "S2B_MSIL2A_20250101T000000_N0511_R000_T00AAA_20250101T000000"
 SOURCE_ITEM_URL = "https://stac.example.org/collections/sentinel-2-l2a/items/x"
@@ -631,6 +631,24 @@ def test_s3_request_without_a_policy_uses_the_default_settings_one(
     assert reply["Body"].read() == b"{}"
     stubber.assert_no_pending_responses()
     assert_logged_retries(retry_log, "s3", 1)
+
+
+def test_a_store_listing_on_s3_is_retried_as_one_call(
+    tmp_path: Any, stubbed: tuple[Any, Stubber], retry_log: list[logging.LogRecord]
+) -> None:
+    """Register walks a store without consolidated metadata by listing it: botocore makes one
+    attempt, so the listing itself is under the S3 policy."""
+    client, stubber = stubbed
+    reader = S3Reader("bucket", "c/X.zarr", s3_settings(tmp_path))
+    reader.client = client
+    stubber.add_client_error("list_objects_v2", service_error_code="SlowDown", http_status_code=503)
+    stubber.add_response(
+        "list_objects_v2",
+        {"CommonPrefixes": [{"Prefix": "c/X.zarr/b/"}, {"Prefix": "c/X.zarr/a/"}]},
+    )
+    assert reader.list_children("") == ["a", "b"]
+    stubber.assert_no_pending_responses()
+    assert_logged_retries(retry_log, "s3", 1, item_id=None)
 
 
 # The policy itself -------------------------------------------------------------------------

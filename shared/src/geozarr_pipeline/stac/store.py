@@ -19,6 +19,7 @@ import httpx
 from geozarr_pipeline.config import Settings
 from geozarr_pipeline.errors import InvalidInput, OutputCheckFailed
 from geozarr_pipeline.faults import http_probe, s3_errors, s3_fault, s3_request
+from geozarr_pipeline.retries import default_policies
 
 ZARR_JSON = "zarr.json"
 
@@ -178,15 +179,19 @@ class S3Reader:
     def list_children(self, path: str) -> list[str]:
         prefix = self._key(path)
         prefix = f"{prefix}/" if prefix else ""
-        names: list[str] = []
-        paginator = self.client.get_paginator("list_objects_v2")
-        try:
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix, Delimiter="/"):
-                for common in page.get("CommonPrefixes", []):
-                    names.append(common["Prefix"][len(prefix) :].rstrip("/"))
-        except s3_errors() as exc:
-            raise s3_fault(f"listing of s3://{self.bucket}/{prefix}", exc) from exc
-        return sorted(names)
+        def listing() -> list[str]:
+            names: list[str] = []
+            paginator = self.client.get_paginator("list_objects_v2")
+            try:
+                for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix, Delimiter="/"):
+                    for common in page.get("CommonPrefixes", []):
+                        names.append(common["Prefix"][len(prefix) :].rstrip("/"))
+            except s3_errors() as exc:
+                raise s3_fault(f"listing of s3://{self.bucket}/{prefix}", exc) from exc
+            return sorted(names)
+
+        # botocore makes one attempt (s3.s3_client): the whole listing is retried as one call.
+        return default_policies().s3.call(listing, item_id=None)
 
     def close(self) -> None:
         self.client.close()
