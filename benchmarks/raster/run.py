@@ -1,10 +1,11 @@
 """Zoom sweep of the local raster API on a full-size synthetic L2A product.
 
     uv run python benchmarks/raster/run.py --scale 1.0 --out data/bench/raster \
-        [--store data/bench/raster/geozarr/X.zarr] [--json benchmarks/raster/results.json]
+        [--reuse] [--json benchmarks/raster/results.json]
 
 Synthesizes the sample at `--scale` (1.0 = a full 10980 x 10980 tile) and converts it with
-eopf-geozarr at the stage's defaults (spatial chunk 1024, unsharded), or reuses `--store`.
+eopf-geozarr at the stage's defaults (spatial chunk 1024, unsharded); `--reuse` takes the
+product and store a previous run left under `--out`.
 The item gets its links from `add_visualisation` (the titiler-eopf contract: variables on
 the multiscale group), and the app runs in-process (Starlette TestClient, no network).
 
@@ -100,6 +101,11 @@ def build_store(args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
     from eopf_geozarr.conversion import open_source_datatree
     from eopf_geozarr.s2_optimization.s2_converter import convert_s2_optimized
 
+    stores = sorted((args.out / "geozarr").glob("*/*.zarr"))
+    items = sorted((args.out / "sample").glob("items/*/*.json"))
+    if args.reuse and stores and items:
+        print(f"reusing {stores[0]}", flush=True)
+        return stores[0], json.loads(items[0].read_text())
     started = time.perf_counter()
     sample = write_sample(args.out / "sample", "l2a", scale=args.scale)
     print(f"synthesize scale {args.scale}: {time.perf_counter() - started:.1f} s", flush=True)
@@ -129,7 +135,7 @@ def sweep(args: argparse.Namespace) -> dict[str, Any]:
         "collection": source.get("collection") or "sentinel-2-l2a",
         "geometry": source["geometry"],
         "bbox": source["bbox"],
-        "properties": {},
+        "properties": {"datetime": source["properties"]["datetime"]},
         "links": [],
         "assets": {
             "reflectance": {"href": f"{store}/measurements/reflectance"},
@@ -195,6 +201,9 @@ def main() -> None:
     parser.add_argument("--tiles", type=int, default=8, help="tiles per zoom")
     parser.add_argument("--rounds", type=int, default=3, help="warm rounds over those tiles")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
+    parser.add_argument(
+        "--reuse", action="store_true", help="reuse the product and store already under --out"
+    )
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     logging.disable(logging.CRITICAL)

@@ -5,9 +5,9 @@ the raster-API contract of `geozarr_pipeline.visual.titiler_eopf`. When the grou
 `multiscales` layout, each read takes the level titiler-eopf would take for the output's
 resolution (`multiscale_level`), so a low-zoom tile or a preview never reads the 10 m arrays;
 a variable of a level group (`.../reflectance/r10m:b04`) is read from that level alone, as in
-production. Each band is read with rio-tiler's XarrayReader (reprojection to the tile matrix
-set included) and the bands are stacked. The reads of a request (level, pixels) are
-collected in `CURRENT_READS` when the server sets one.
+production. Each band is read with rio-tiler's GeoArrayReader (as titiler-eopf does: a window
+of the array, then the warp to the tile matrix set) and the bands are stacked. The reads of
+a request (level, pixels) are collected in `CURRENT_READS` when the server sets one.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from urllib.parse import unquote, urlparse
 import attr
 import obstore
 import xarray
+from affine import Affine
 from morecantile import Tile, TileMatrixSet
 from rasterio.crs import CRS  # type: ignore[import-untyped]
 from rasterio.transform import from_bounds  # type: ignore[import-untyped]
@@ -35,6 +36,7 @@ from rasterio.warp import (  # type: ignore[import-untyped]
 from rasterio.windows import from_bounds as window_from_bounds  # type: ignore[import-untyped]
 from rio_tiler.constants import WEB_MERCATOR_TMS
 from rio_tiler.errors import InvalidBandName, MissingBands, TileOutsideBounds
+from rio_tiler.experimental.xarray import GeoArrayReader
 from rio_tiler.io.base import BaseReader
 from rio_tiler.io.xarray import XarrayReader
 from rio_tiler.models import BandStatistics, ImageData, Info, PointData
@@ -248,11 +250,13 @@ class GeoZarrReader(BaseReader):
         self._bands = [self._band(VariableRef.parse(spec)) for spec in specs]
         first = self._bands[0]
         self._finest = self._array(first.default_group, first.ref.variable)
-        self.bounds = tuple(self._finest.rio.bounds())
-        self.crs = self._finest.rio.crs
-        self.transform = self._finest.rio.transform()
-        self.height = self._finest.rio.height
-        self.width = self._finest.rio.width
+        finest = self._level_reader(first.default_group, first.ref.variable)
+        west, south, east, north = finest.bounds
+        self.bounds = (west, south, east, north)
+        self.crs = finest.crs
+        self.transform = finest.transform
+        self.height = finest.height
+        self.width = finest.width
 
     # Levels ---------------------------------------------------------------------------
 
@@ -266,6 +270,19 @@ class GeoZarrReader(BaseReader):
             if code:
                 da = da.rio.write_crs(code)
         return da
+
+    def _level_reader(self, group: str, variable: str) -> GeoArrayReader:
+        """rio-tiler's reader of Zarr-convention arrays (the one titiler-eopf reads with),
+        georeferenced from the group's `spatial:transform` and `proj:code`."""
+        array = self._array(group, variable)
+        attrs = self.input.opener.group_attrs(self.input.store_url, group)
+        transform = attrs.get("spatial:transform")
+        return GeoArrayReader(
+            array,
+            transform=Affine(*transform[:6]) if transform else array.rio.transform(),
+            crs=CRS.from_user_input(attrs["proj:code"]) if "proj:code" in attrs else array.rio.crs,
+            tms=self.tms,
+        )
 
     def _band(self, ref: VariableRef) -> Band:
         attrs = self.input.opener.group_attrs(self.input.store_url, ref.group)
@@ -287,16 +304,16 @@ class GeoZarrReader(BaseReader):
         self,
         target_resolution: float | None,
         window_bounds: tuple[BBox, CRS] | None,
-        read: Callable[[XarrayReader], ImageData],
+        read: Callable[[GeoArrayReader], ImageData],
     ) -> ImageData:
         images = []
         log = CURRENT_READS.get()
         for band in self._bands:
             group = band.group_for(target_resolution)
-            array = self._array(group, band.ref.variable)
-            if log is not None:
-                log.add(LevelRead(group, band.ref.variable, _pixels_within(array, window_bounds)))
-            with XarrayReader(array, tms=self.tms) as src:
+            with self._level_reader(group, band.ref.variable) as src:
+                if log is not None:
+                    pixels = _pixels_within(src, window_bounds)
+                    log.add(LevelRead(group, band.ref.variable, pixels))
                 image = read(src)
             image.band_names = [band.ref.spec]
             image.band_descriptions = [band.ref.variable]
@@ -397,20 +414,19 @@ class GeoZarrReader(BaseReader):
     def point(self, lon: float, lat: float, **kwargs: Any) -> PointData:
         points = []
         for band in self._bands:
-            array = self._array(band.default_group, band.ref.variable)
-            with XarrayReader(array, tms=self.tms) as src:
+            with self._level_reader(band.default_group, band.ref.variable) as src:
                 points.append(src.point(lon, lat, **kwargs))
         return PointData.create_from_list(points)
 
 
-def _pixels_within(array: xarray.DataArray, window_bounds: tuple[BBox, CRS] | None) -> int:
-    """Pixels of `array` inside the bounds (all of them without bounds): what a read clips."""
-    rows, cols = int(array.rio.height), int(array.rio.width)
+def _pixels_within(src: GeoArrayReader, window_bounds: tuple[BBox, CRS] | None) -> int:
+    """Pixels of the level inside the bounds (all of them without bounds): what a read clips."""
+    rows, cols = int(src.height or 0), int(src.width or 0)
     if window_bounds is None:
         return rows * cols
     bounds, crs = window_bounds
-    left, bottom, right, top = transform_bounds(crs, array.rio.crs, *bounds, densify_pts=21)
-    window = window_from_bounds(left, bottom, right, top, transform=array.rio.transform())
+    left, bottom, right, top = transform_bounds(crs, src.crs, *bounds, densify_pts=21)
+    window = window_from_bounds(left, bottom, right, top, transform=src.transform)
     row_off, col_off = float(window.row_off), float(window.col_off)
     row0, col0 = max(0, math.floor(row_off)), max(0, math.floor(col_off))
     row1 = min(rows, math.ceil(row_off + float(window.height)))
