@@ -109,6 +109,29 @@ def read_source_item(data: dict[str, Any], where: str) -> pystac.Item:
         raise InvalidInput(f"source item {where} is not a STAC item: {exc}") from exc
 
 
+def read_registered_item(data: dict[str, Any], where: str) -> RegisteredItem:
+    """A registered item, as a catalog returns it, read by pystac and not migrated.
+
+    Written back (`to_dict(transform_hrefs=False)`, or `item_dict`, which leaves out the self
+    link) it is the JSON that was read: its datetime text kept, links with their extra fields.
+    """
+    try:
+        item = RegisteredItem.from_dict(data, migrate=False)
+    except (
+        pystac.STACError,
+        pystac.STACTypeError,
+        AttributeError,
+        KeyError,
+        TypeError,
+        ValueError,
+        OverflowError,
+    ) as exc:
+        raise InvalidInput(f"item {where} is not a STAC item: {str(exc)[:300]}") from exc
+    published = item.properties.get("datetime")
+    item.datetime_text = published if isinstance(published, str) else None
+    return item
+
+
 def _extension_key(url: str) -> str:
     """`https://stac-extensions.github.io/eo/v2.0.0/schema.json` -> `.../eo`."""
     return url.rsplit("/v", 1)[0]

@@ -179,6 +179,7 @@ class S3Reader:
     def list_children(self, path: str) -> list[str]:
         prefix = self._key(path)
         prefix = f"{prefix}/" if prefix else ""
+
         def listing() -> list[str]:
             names: list[str] = []
             paginator = self.client.get_paginator("list_objects_v2")

@@ -8,6 +8,7 @@ from geozarr_pipeline.visual.item import (
     add_visualisation,
     default_rendering,
     split_zarr_href,
+    visualise,
 )
 from geozarr_pipeline.visual.links import DEFAULT_TMS, RasterApi
 from geozarr_pipeline.visual.rendering import Rendering, true_color
@@ -25,5 +26,6 @@ __all__ = [
     "quote_value",
     "split_zarr_href",
     "true_color",
+    "visualise",
     "with_query",
 ]
