@@ -17,7 +17,6 @@ from geozarr_local.geozarr_reader import (
     ReadLog,
     StoreOpener,
     TtlCache,
-    _resolution,
 )
 from geozarr_local.raster import horizontal_bbox, store_url_for
 from geozarr_pipeline.config import Settings
@@ -41,8 +40,12 @@ def _layout(source: ItemSource) -> list[dict[str, Any]]:
     return list(attrs["multiscales"]["layout"])
 
 
-def _tile_reads(reader: GeoZarrReader, zoom: int) -> tuple[ReadLog, float]:
-    """Read the tile at the centre of the item at `zoom`; the reads and the tile's resolution."""
+def _tile_reads(
+    reader: GeoZarrReader, zoom: int, tilesize: int | None = 256
+) -> tuple[ReadLog, float]:
+    """Read the tile at the centre of the item at `zoom`; the reads and the tile's resolution
+    in the dataset CRS, as titiler-eopf's `calculate_output_transform` ends (the output grid
+    over the tile bounds, transformed to the dataset CRS)."""
     west, south, east, north = reader.get_geographic_bounds("epsg:4326")
     tms = morecantile.tms.get("WebMercatorQuad")
     tile = tms.tile((west + east) / 2, (south + north) / 2, zoom)
@@ -51,20 +54,46 @@ def _tile_reads(reader: GeoZarrReader, zoom: int) -> tuple[ReadLog, float]:
     log = ReadLog()
     token = CURRENT_READS.set(log)
     try:
-        image = reader.tile(tile.x, tile.y, tile.z)
+        image = reader.tile(tile.x, tile.y, tile.z, tilesize=tilesize)
     finally:
         CURRENT_READS.reset(token)
     assert image.count == len(reader.variables or [])
     return log, float(transform.a)
 
 
-def test_a_multiscale_group_band_knows_the_levels_that_hold_it(source: ItemSource) -> None:
+def test_a_multiscale_group_band_chooses_over_the_whole_layout(source: ItemSource) -> None:
     reader = GeoZarrReader(source, variables=TRUE_COLOR)
     band = reader._bands[0]
-    assert [entry["asset"] for entry in band.levels] == LEVELS
+    assert [entry["asset"] for entry in band.layout] == LEVELS
     assert band.default_group == "/measurements/reflectance/r10m"
-    b05 = GeoZarrReader(source, variables=["/measurements/reflectance:b05"])._bands[0]
-    assert "r10m" not in [entry["asset"] for entry in b05.levels], "r10m holds no b05"
+    b05 = GeoZarrReader(source, variables=["/measurements/reflectance:b05"])
+    assert b05._bands[0].default_group == "/measurements/reflectance/r20m", "r10m holds no b05"
+    assert [entry["asset"] for entry in b05._bands[0].layout] == LEVELS
+    # As titiler-eopf: the finest level fits maxzoom whether or not it holds the variable.
+    with pytest.raises(InvalidBandName, match="b05"):
+        _tile_reads(b05, reader.maxzoom)
+    low, _ = _tile_reads(b05, b05.minzoom)
+    assert low.groups != ["/measurements/reflectance/r10m"]
+
+
+def test_a_tile_without_a_size_reads_the_finest_level_as_titiler_eopf_does(
+    source: ItemSource,
+) -> None:
+    reader = GeoZarrReader(source, variables=TRUE_COLOR[:1])
+    log, _ = _tile_reads(reader, reader.minzoom, tilesize=None)
+    assert log.groups == ["/measurements/reflectance/r10m"]
+
+
+def test_reads_report_the_chunks_they_decode(source: ItemSource) -> None:
+    reader = GeoZarrReader(source, variables=TRUE_COLOR)
+    log, _ = _tile_reads(reader, reader.maxzoom)
+    for read in log.reads:
+        assert 0 < read.pixels <= read.chunk_pixels
+    array = reader._array("/measurements/reflectance/r10m", "b04")
+    rows, cols = array.shape[-2:]
+    chunk_rows, chunk_cols = array.encoding["chunks"][-2:]
+    for read in log.reads:
+        assert read.chunk_pixels >= min(chunk_rows * chunk_cols, rows * cols)
 
 
 def test_tiles_at_min_and_max_zoom_read_the_level_the_contract_says(source: ItemSource) -> None:
@@ -109,7 +138,7 @@ def test_the_preview_reads_a_coarse_level(source: ItemSource) -> None:
         CURRENT_READS.reset(token)
     assert max(preview.width, preview.height) <= 16
     assert log.groups != ["/measurements/reflectance/r10m"]
-    target = max(reader.width, reader.height) * _resolution(reader._finest) / 16
+    target = max(reader.width, reader.height) * abs(reader.transform.a) / 16
     assert log.groups == [f"/measurements/reflectance/{multiscale_level(_layout(source), target)}"]
 
 

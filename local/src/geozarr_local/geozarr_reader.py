@@ -7,7 +7,8 @@ resolution (`multiscale_level`), so a low-zoom tile or a preview never reads the
 a variable of a level group (`.../reflectance/r10m:b04`) is read from that level alone, as in
 production. Each band is read with rio-tiler's GeoArrayReader (as titiler-eopf does: a window
 of the array, then the warp to the tile matrix set) and the bands are stacked. The reads of
-a request (level, pixels) are collected in `CURRENT_READS` when the server sets one.
+a request (level, window and chunk pixels) are collected in `CURRENT_READS` when the server
+sets one.
 """
 
 from __future__ import annotations
@@ -163,18 +164,14 @@ class ItemSource:
     opener: StoreOpener
 
 
-def _resolution(da: xarray.DataArray) -> float:
-    xres, yres = da.rio.resolution()
-    return min(abs(float(xres)), abs(float(yres)))
-
-
 @dataclass(frozen=True)
 class LevelRead:
     """One band read from one group: what a response reports in its headers."""
 
     group: str
     variable: str
-    pixels: int
+    pixels: int  # of the level inside the output's bounds
+    chunk_pixels: int  # of the chunks holding those: what the read decodes
 
 
 class ReadLog:
@@ -196,32 +193,41 @@ class ReadLog:
     def pixels(self) -> int:
         return sum(read.pixels for read in self.reads)
 
+    @property
+    def chunk_pixels(self) -> int:
+        return sum(read.chunk_pixels for read in self.reads)
+
 
 CURRENT_READS: ContextVar[ReadLog | None] = ContextVar("geozarr_reads", default=None)
 
 
 @dataclass(frozen=True)
 class Band:
-    """A requested variable and, when its group is multiscale, the levels that hold it."""
+    """A requested variable and, when its group is multiscale, the group's whole layout."""
 
     ref: VariableRef
-    levels: tuple[Mapping[str, Any], ...] = ()
+    layout: tuple[Mapping[str, Any], ...] = ()
+    default_asset: str | None = None
 
     @property
     def default_group(self) -> str:
         """The group read when the output size is unknown: the first level holding it."""
-        if not self.levels:
+        if self.default_asset is None:
             return self.ref.group
-        return self.level_group(str(self.levels[0]["asset"]))
+        return self.level_group(self.default_asset)
 
     def level_group(self, asset: str) -> str:
         return f"{self.ref.group.rstrip('/')}/{asset}"
 
     def group_for(self, target_resolution: float | None) -> str:
-        """titiler-eopf's choice (`titiler_eopf.multiscale_level`) for an output resolution."""
-        if not self.levels or target_resolution is None:
+        """titiler-eopf's choice (`titiler_eopf.multiscale_level`) for an output resolution.
+
+        As upstream, the choice is made over the whole layout, whether or not the chosen level
+        holds the variable (the read then names the missing variable).
+        """
+        if not self.layout or target_resolution is None:
             return self.default_group
-        return self.level_group(multiscale_level(self.levels, target_resolution))
+        return self.level_group(multiscale_level(self.layout, target_resolution))
 
 
 @attr.s
@@ -286,19 +292,16 @@ class GeoZarrReader(BaseReader):
 
     def _band(self, ref: VariableRef) -> Band:
         attrs = self.input.opener.group_attrs(self.input.store_url, ref.group)
-        layout = (attrs.get("multiscales") or {}).get("layout") or []
+        layout = tuple((attrs.get("multiscales") or {}).get("layout") or [])
         if not layout:
             return Band(ref)
-        holding = []
         for entry in layout:
             group = f"{ref.group.rstrip('/')}/{entry.get('asset')}"
             if ref.variable in self.input.opener.dataset(self.input.store_url, group).data_vars:
-                holding.append(entry)
-        if not holding:
-            raise InvalidBandName(
-                f"variable {ref.variable!r} is in no level of the multiscale group {ref.group!r}"
-            )
-        return Band(ref, tuple(holding))
+                return Band(ref, layout, str(entry.get("asset")))
+        raise InvalidBandName(
+            f"variable {ref.variable!r} is in no level of the multiscale group {ref.group!r}"
+        )
 
     def _read(
         self,
@@ -312,8 +315,7 @@ class GeoZarrReader(BaseReader):
             group = band.group_for(target_resolution)
             with self._level_reader(group, band.ref.variable) as src:
                 if log is not None:
-                    pixels = _pixels_within(src, window_bounds)
-                    log.add(LevelRead(group, band.ref.variable, pixels))
+                    log.add(level_read(group, band.ref.variable, src, window_bounds))
                 image = read(src)
             image.band_names = [band.ref.spec]
             image.band_descriptions = [band.ref.variable]
@@ -365,11 +367,12 @@ class GeoZarrReader(BaseReader):
     ) -> ImageData:
         if not self.tile_exists(tile_x, tile_y, tile_z):
             raise TileOutsideBounds(f"Tile(x={tile_x}, y={tile_y}, z={tile_z}) is outside bounds")
-        pixels = tilesize or self.tms.matrix(tile_z).tileWidth
         bounds = self.tms.xy_bounds(Tile(x=tile_x, y=tile_y, z=tile_z))
         box = (bounds.left, bounds.bottom, bounds.right, bounds.top)
         crs = self.tms.rasterio_crs
-        target = self._target_for_output(box, crs, pixels, pixels)
+        # Without a `tilesize` titiler-eopf sizes the output at native resolution, so the
+        # finest level is read at every zoom (reader.py, get_target_resolution): so here.
+        target = self._target_for_output(box, crs, tilesize, tilesize) if tilesize else None
         return self._read(
             target,
             (box, crs),
@@ -400,16 +403,10 @@ class GeoZarrReader(BaseReader):
         return self._read(target, None, lambda src: src.preview(**options))
 
     def part(self, bbox: BBox, **kwargs: Any) -> ImageData:
-        crs = kwargs.get("bounds_crs") or CRS.from_epsg(4326)
-        pixels = kwargs.get("max_size") or kwargs.get("width") or kwargs.get("height") or 1024
-        target = self._target_for_output(bbox, crs, pixels, pixels)
-        return self._read(target, (bbox, crs), lambda src: src.part(bbox, **kwargs))
+        raise NotImplementedError("the local raster server serves no /bbox route")
 
     def feature(self, shape: dict[str, Any], **kwargs: Any) -> ImageData:
-        pixels = kwargs.get("max_size") or kwargs.get("width") or kwargs.get("height") or 1024
-        extent = max(self.width or 1, self.height or 1)
-        target = _resolution(self._finest) * extent / pixels
-        return self._read(target, None, lambda src: src.feature(shape, **kwargs))
+        raise NotImplementedError("the local raster server serves no /feature route")
 
     def point(self, lon: float, lat: float, **kwargs: Any) -> PointData:
         points = []
@@ -419,11 +416,13 @@ class GeoZarrReader(BaseReader):
         return PointData.create_from_list(points)
 
 
-def _pixels_within(src: GeoArrayReader, window_bounds: tuple[BBox, CRS] | None) -> int:
-    """Pixels of the level inside the bounds (all of them without bounds): what a read clips."""
+def _window_within(
+    src: GeoArrayReader, window_bounds: tuple[BBox, CRS] | None
+) -> tuple[int, int, int, int]:
+    """(row0, row1, col0, col1) of the level inside the bounds (all of it without bounds)."""
     rows, cols = int(src.height or 0), int(src.width or 0)
     if window_bounds is None:
-        return rows * cols
+        return 0, rows, 0, cols
     bounds, crs = window_bounds
     left, bottom, right, top = transform_bounds(crs, src.crs, *bounds, densify_pts=21)
     window = window_from_bounds(left, bottom, right, top, transform=src.transform)
@@ -431,4 +430,21 @@ def _pixels_within(src: GeoArrayReader, window_bounds: tuple[BBox, CRS] | None) 
     row0, col0 = max(0, math.floor(row_off)), max(0, math.floor(col_off))
     row1 = min(rows, math.ceil(row_off + float(window.height)))
     col1 = min(cols, math.ceil(col_off + float(window.width)))
-    return max(0, row1 - row0) * max(0, col1 - col0)
+    return row0, max(row0, row1), col0, max(col0, col1)
+
+
+def level_read(
+    group: str, variable: str, src: GeoArrayReader, window_bounds: tuple[BBox, CRS] | None
+) -> LevelRead:
+    """What one band read costs: its window, and the chunks that window decodes."""
+    row0, row1, col0, col1 = _window_within(src, window_bounds)
+    rows, cols = int(src.height or 0), int(src.width or 0)
+    chunks = src.input.encoding.get("chunks") or (rows, cols)
+    chunk_rows, chunk_cols = int(chunks[-2]) or 1, int(chunks[-1]) or 1
+    if row1 > row0 and col1 > col0:
+        first_row, last_row = row0 // chunk_rows * chunk_rows, -(-row1 // chunk_rows) * chunk_rows
+        first_col, last_col = col0 // chunk_cols * chunk_cols, -(-col1 // chunk_cols) * chunk_cols
+        decoded = (min(rows, last_row) - first_row) * (min(cols, last_col) - first_col)
+    else:
+        decoded = 0
+    return LevelRead(group, variable, (row1 - row0) * (col1 - col0), decoded)

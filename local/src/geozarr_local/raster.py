@@ -17,7 +17,8 @@ Tiles and previews are TiTiler (titiler.core factory, titiler-xarray dependencie
 `GeoZarrReader`; every image route needs `variables={group}:{var}` (repeated), as
 titiler-eopf does, with `rescale`, `color_formula`, `bidx`, ... A variable of a multiscale
 group is read at the level that fits each tile; each image response names the levels it
-read (`X-GeoZarr-Levels`) and the source pixels it clipped (`X-GeoZarr-Pixels-Read`).
+read (`X-GeoZarr-Levels`), the source pixels inside its bounds (`X-GeoZarr-Pixels-Read`) and
+the pixels of the chunks those lie in, what it decodes (`X-GeoZarr-Chunk-Pixels-Read`).
 Unlike titiler-eopf, `expression` is not supported here.
 """
 
@@ -88,6 +89,8 @@ WMTS_MATRIX_SETS = (contract.DEFAULT_TMS, "WorldCRS84Quad")
 ITEM_CACHE_SECONDS = 5.0
 LEVELS_HEADER = "X-GeoZarr-Levels"
 PIXELS_HEADER = "X-GeoZarr-Pixels-Read"
+CHUNK_PIXELS_HEADER = "X-GeoZarr-Chunk-Pixels-Read"
+TILEJSON_DEFAULT_TILESIZE = 512
 STATIC_PACKAGE = "geozarr_local"
 SUPPORTED_TMS = morecantile.tms
 
@@ -336,6 +339,9 @@ def create_app(settings: Settings, catalog: Catalog | None = None) -> FastAPI:
     ) -> dict[str, Any]:
         tms = tile_matrix_set(tileMatrixSetId)
         query = _query_without(request, {"tile_format", "minzoom", "maxzoom"})
+        if "tilesize" not in request.query_params:
+            # As titiler-eopf's TileJSON (factory.py): tiles of 512 px unless the query says.
+            query.append(("tilesize", str(TILEJSON_DEFAULT_TILESIZE)))
         extension = tile_format.value if tile_format else "png"
         root = _item_root(request, collection_id, item_id)
         tiles = with_query(f"{root}/tiles/{tms.id}/{{z}}/{{x}}/{{y}}.{extension}", query)
@@ -414,6 +420,7 @@ def create_app(settings: Settings, catalog: Catalog | None = None) -> FastAPI:
         if reads.reads:
             response.headers[LEVELS_HEADER] = ",".join(reads.groups)
             response.headers[PIXELS_HEADER] = str(reads.pixels)
+            response.headers[CHUNK_PIXELS_HEADER] = str(reads.chunk_pixels)
         return response
 
     @app.get("/healthz")

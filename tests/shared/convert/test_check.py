@@ -158,6 +158,12 @@ def drop_layout_transform(store: Path) -> None:
     group.attrs.update({"multiscales": multiscales})
 
 
+def drop_multiscales_convention(store: Path) -> None:
+    group = zarr.open_group(str(store / REFL), mode="r+", use_consolidated=False)
+    conventions = [c for c in group.attrs["zarr_conventions"] if c.get("name") != "multiscales"]
+    group.attrs.update({"zarr_conventions": conventions})
+
+
 def drop_level(store: Path) -> None:
     shutil.rmtree(store / REFL / "r360m")
 
@@ -168,7 +174,8 @@ def drop_level(store: Path) -> None:
         (corrupt_transform, "r60m: transform"),
         (corrupt_crs, "r20m: CRS"),
         (drop_level, "level r360m is missing"),
-        (drop_layout_transform, "layout unusable by the raster API"),
+        (drop_layout_transform, "layout unusable by the raster API: .* no transform"),
+        (drop_multiscales_convention, "raster API: zarr_conventions"),
     ],
 )
 def test_structure_defects_fail_the_check(

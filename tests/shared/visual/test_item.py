@@ -127,6 +127,7 @@ def test_every_link_keeps_the_titiler_eopf_contract(augmented: dict[str, Any]) -
     [
         (f"{RASTER}/collections/c/items/i/WebMercatorQuad/WMTSCapabilities.xml", "no route"),
         (f"{RASTER}/collections/c/items/i/tiles/WebMercatorQuad/1/2/3.png", "neither"),
+        (f"{RASTER}/collections/c/items/i/tiles/WebMercatorQuad/1/2/3.png?variables=/g:b", "size"),
         (f"{RASTER}/collections/c/items/i/preview.png?variables=b04", "not of the form"),
         (f"{RASTER}/collections/c/items/i/viewer?color_formula=a+b", "not in the contract"),
         (f"{RASTER}/collections/c/items/i/preview.png?variables=/g:b&color_formula=a+b", "'+'"),
@@ -192,7 +193,7 @@ def test_every_query_value_is_encoded_the_same_way(augmented: dict[str, Any]) ->
             assert value == quote(unquote(value), safe=""), (key, value)
             assert key == quote(unquote(key), safe="")
             assert not re.search(r"[,:/ ]", value), (key, value)
-        queries.append([pair for pair in decoded(pairs) if pair[0] != "max_size"])
+        queries.append([pair for pair in decoded(pairs) if pair[0] not in ("max_size", "tilesize")])
     assert queries[0] == queries[1] == queries[2] == queries[3]
 
 
@@ -203,7 +204,9 @@ def test_render_entry_describes_the_same_rendering(augmented: dict[str, Any]) ->
     assert entry["rescale"] == [[0.0, 1.0]]
     assert entry["title"]
     (xyz,) = links_by_rel(augmented, "xyz")
-    assert render_query(entry) == decoded(raw_query_pairs(xyz["href"]))
+    size, *query = decoded(raw_query_pairs(xyz["href"]))
+    assert size == ("tilesize", "256"), "titiler-eopf picks no level for a tile of no size"
+    assert render_query(entry) == query
 
 
 def test_thumbnail_is_a_png_preview(augmented: dict[str, Any]) -> None:
@@ -274,3 +277,23 @@ def test_reflectance_without_true_colour_bands_is_unsupported(registered: dict[s
 )
 def test_split_zarr_href(href: str, store: str, group: str) -> None:
     assert split_zarr_href(href) == (store, group)
+
+
+def test_a_multiscale_group_titiler_eopf_cannot_read_is_named() -> None:
+    conventions = [
+        {"uuid": contract.MULTISCALES_CONVENTION, "name": "multiscales"},
+        {"uuid": contract.SPATIAL_CONVENTION, "name": "spatial:"},
+    ]
+    level = {"asset": "r10m", "spatial:transform": [10.0, 0.0, 0.0, 0.0, -10.0, 0.0]}
+    good = {
+        "zarr_conventions": conventions,
+        "spatial:dimensions": ["y", "x"],
+        "multiscales": {"layout": [level]},
+    }
+    assert contract.multiscale_group_problems(good) == []
+    no_convention = {**good, "zarr_conventions": conventions[1:]}
+    assert "multiscales convention" in contract.multiscale_group_problems(no_convention)[0]
+    no_dimensions = {k: v for k, v in good.items() if k != "spatial:dimensions"}
+    assert "spatial:dimensions" in contract.multiscale_group_problems(no_dimensions)[0]
+    no_transform = {**good, "multiscales": {"layout": [{"asset": "r10m"}]}}
+    assert "transform" in contract.multiscale_group_problems(no_transform)[0]

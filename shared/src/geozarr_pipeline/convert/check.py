@@ -28,7 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from geozarr_pipeline.errors import OutputCheckFailed
-from geozarr_pipeline.visual.titiler_eopf import layout_resolutions
+from geozarr_pipeline.visual.titiler_eopf import multiscale_group_problems
 
 log = logging.getLogger(__name__)
 
@@ -284,11 +284,9 @@ class OutputChecker:
         for level in self.report.levels:
             if level not in assets:
                 self.problem(f"multiscales layout does not list {level}")
-        # titiler-eopf picks a tile's level from each entry's transform (titiler_eopf).
-        try:
-            layout_resolutions(layout)
-        except (ValueError, KeyError, TypeError) as exc:
-            self.problem(f"multiscales layout unusable by the raster API: {exc}")
+        # What titiler-eopf needs to pick each tile's level (titiler_eopf).
+        for problem in multiscale_group_problems(dict(out_refl.attrs)):
+            self.problem(f"multiscales layout unusable by the raster API: {problem}")
 
     def _native_windows(
         self, src: Any, out: Any, keep_mask: bool, salt: int, level: str, name: str

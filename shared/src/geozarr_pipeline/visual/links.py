@@ -1,8 +1,8 @@
 """URLs of the raster API for one item, built on the titiler-eopf contract (`titiler_eopf`).
 
 {raster}/collections/{collection}/items/{item}/viewer
-{raster}/collections/{collection}/items/{item}/tiles/WebMercatorQuad/{z}/{x}/{y}.png?...
-{raster}/collections/{collection}/items/{item}/WebMercatorQuad/tilejson.json?...
+{raster}/collections/{collection}/items/{item}/tiles/WebMercatorQuad/{z}/{x}/{y}.png?tilesize=256&...
+{raster}/collections/{collection}/items/{item}/WebMercatorQuad/tilejson.json?tilesize=256&...
 {raster}/collections/{collection}/items/{item}/WMTSCapabilities.xml?...
 {raster}/collections/{collection}/items/{item}/preview.png?max_size=512&...
 """
@@ -19,6 +19,10 @@ DEFAULT_TMS = contract.DEFAULT_TMS
 TILE_FORMAT = "png"
 # The long side of the thumbnail: a preview of this size reads a coarse level.
 THUMBNAIL_SIZE = 512
+# titiler.core passes the query's `tilesize` (None when absent) to titiler-eopf's reader, which
+# then sizes the output at native resolution and reads the finest level at every zoom
+# (titiler/eopf/reader.py, get_target_resolution): tile links name their size.
+TILE_SIZE = 256
 
 
 @dataclass(frozen=True)
@@ -42,11 +46,13 @@ class RasterApi:
         path = contract.TILE.path(
             tileMatrixSetId=self.tms, z="{z}", x="{x}", y="{y}", format=TILE_FORMAT
         )
-        return with_query(self.item_root(collection, item_id) + path, rendering.query())
+        query = [("tilesize", str(TILE_SIZE)), *rendering.query()]
+        return with_query(self.item_root(collection, item_id) + path, query)
 
     def tilejson_url(self, collection: str, item_id: str, rendering: Rendering) -> str:
         path = contract.TILEJSON.path(tileMatrixSetId=self.tms)
-        return with_query(self.item_root(collection, item_id) + path, rendering.query())
+        query = [("tilesize", str(TILE_SIZE)), *rendering.query()]
+        return with_query(self.item_root(collection, item_id) + path, query)
 
     def wmts_url(self, collection: str, item_id: str, rendering: Rendering) -> str:
         path = contract.WMTS.path()

@@ -19,7 +19,14 @@ Read from EOPF-Explorer/titiler-eopf at commit 4c9f7a88995baada367992c0b84b76552
   of a variable carries a `multiscales` layout, each read takes the level whose resolution
   fits the output's, so variables name the multiscale group (`/measurements/reflectance:b04`)
   and the level follows the zoom. A variable naming a level (`.../reflectance/r10m:b04`)
-  always reads that level.
+  always reads that level. The choice is over the whole layout: a level chosen that lacks the
+  variable fails the read.
+- The output size matters: titiler.core's tile route hands the query's `tilesize` (None when
+  absent) to the reader, and without it `get_target_resolution` sizes the output at native
+  resolution, so the finest level is read at every zoom. A tile URL names `tilesize`; the
+  TileJSON route adds `tilesize=512` to its tiles when the query has none; the WMTS route
+  drops `tilesize` from its tiles' query (extensions.py), so WMTS tiles read the finest level
+  at every zoom in production (an upstream limitation, mirrored by the local server).
 """
 
 from __future__ import annotations
@@ -195,6 +202,8 @@ def contract_problems(url: str, base_url: str) -> list[str]:
     fmt = request.path_values.get("format")
     if fmt is not None and fmt not in IMAGE_FORMATS:
         problems.append(f"{route.name}: unknown image format {fmt!r}")
+    if route is TILE and not request.values("tilesize"):
+        problems.append("tile: no tilesize (titiler-eopf then reads the finest level)")
     if route.needs_layer:
         variables = request.values("variables")
         if not variables and not request.values("expression"):
@@ -204,6 +213,29 @@ def contract_problems(url: str, base_url: str) -> list[str]:
                 split_variable(spec)
             except ValueError as exc:
                 problems.append(f"{route.name}: {exc}")
+    return problems
+
+
+# The Zarr conventions reader.py recognises by uuid (`_has_multiscales`, `_has_spatial`).
+MULTISCALES_CONVENTION = "d35379db-88df-4056-af3a-620245f8e347"
+SPATIAL_CONVENTION = "689b58e2-cf7b-45e0-9fff-9cfc0883d6b4"
+
+
+def multiscale_group_problems(attributes: Mapping[str, Any]) -> list[str]:
+    """What keeps titiler-eopf from reading a group as multiscale, level by tile (reader.py,
+    `_get_variable`): the multiscales convention, spatial dimensions, a transform per level."""
+    problems = []
+    conventions = attributes.get("zarr_conventions") or []
+    uuids = {c.get("uuid") for c in conventions if isinstance(c, Mapping)}
+    if MULTISCALES_CONVENTION not in uuids:
+        problems.append("zarr_conventions does not name the multiscales convention")
+    if SPATIAL_CONVENTION in uuids and not attributes.get("spatial:dimensions"):
+        problems.append("no spatial:dimensions beside the spatial convention")
+    layout = (attributes.get("multiscales") or {}).get("layout") or []
+    try:
+        layout_resolutions(layout)
+    except (ValueError, KeyError, TypeError) as exc:
+        problems.append(str(exc))
     return problems
 
 
