@@ -13,8 +13,9 @@ For every zoom from the TileJSON's minzoom to its maxzoom, up to `--tiles` tiles
 footprint (the tile holding the footprint centre where no tile fits inside) are requested
 once in a fresh app (cold: nothing opened yet at that zoom's level) and then `--rounds`
 more times (warm). Recorded per zoom: median and p95 latency cold and warm, the level read
-(`X-GeoZarr-Levels`) and source pixels clipped per returned pixel (`X-GeoZarr-Pixels-Read`
-over tile pixels x bands). Also the TileJSON and the thumbnail (preview PNG).
+(`X-GeoZarr-Levels`), source pixels inside the tile per returned pixel (`X-GeoZarr-Pixels-Read`
+over tile pixels x bands) and the same for the pixels of the chunks decoded
+(`X-GeoZarr-Chunk-Pixels-Read`). Also the TileJSON and the thumbnail (preview PNG).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from urllib.parse import parse_qs, urlsplit
 import morecantile
 from fastapi.testclient import TestClient
 
-from geozarr_local.raster import LEVELS_HEADER, PIXELS_HEADER, create_app
+from geozarr_local.raster import CHUNK_PIXELS_HEADER, LEVELS_HEADER, PIXELS_HEADER, create_app
 from geozarr_local.sample.build import write_sample
 from geozarr_pipeline.config import Settings
 from geozarr_pipeline.visual import RasterApi, add_visualisation
@@ -157,12 +158,13 @@ def sweep(args: argparse.Namespace) -> dict[str, Any]:
     for zoom in range(minzoom, maxzoom + 1):
         client = TestClient(create_app(Settings(), catalog=OneItem(item)))
         tiles = tiles_inside(ring, zoom, args.tiles)
-        cold, warm, ratios, levels = [], [], [], set()
+        cold, warm, ratios, decoded, levels = [], [], [], [], set()
         for tile in tiles:
             elapsed, response = request(client, tile_url(links["xyz"], tile))
             cold.append(elapsed)
             levels.update(response.headers[LEVELS_HEADER].split(","))
             ratios.append(int(response.headers[PIXELS_HEADER]) / (TILE_PIXELS * bands))
+            decoded.append(int(response.headers[CHUNK_PIXELS_HEADER]) / (TILE_PIXELS * bands))
         for _ in range(args.rounds):
             for tile in tiles:
                 warm.append(request(client, tile_url(links["xyz"], tile))[0])
@@ -176,6 +178,8 @@ def sweep(args: argparse.Namespace) -> dict[str, Any]:
             "warm_p95_ms": round(p95(warm)),
             "read_per_returned_max": round(max(ratios), 2),
             "read_per_returned_median": round(statistics.median(ratios), 2),
+            "decoded_per_returned_max": round(max(decoded), 2),
+            "decoded_per_returned_median": round(statistics.median(decoded), 2),
         }
         print(json.dumps(row), flush=True)
         results["zooms"].append(row)
