@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -18,8 +19,10 @@ from geozarr_local.demo import convert_requested_event
 from geozarr_local.processes import ManagedProcess, free_port, http_ready, module_command
 from geozarr_local.sample.layout import item_url
 from geozarr_local.stack import LocalStack
+from geozarr_pipeline.attempts import StageAttempt, open_attempt_journal
 from geozarr_pipeline.broker_client import RunFailed
-from geozarr_pipeline.events import EventType
+from geozarr_pipeline.config import Settings
+from geozarr_pipeline.events import EventType, Stage
 from tests.fixtures.stack import add_sample
 
 
@@ -49,13 +52,27 @@ def started(attempt: dict[str, Any]) -> float:
     return datetime.fromisoformat(attempt["started_at"]).timestamp()
 
 
+def convert_attempts(stack: LocalStack, collection: str, item_id: str) -> list[StageAttempt]:
+    """The convert stage's attempt records of an item (what `status` reads)."""
+    settings = Settings(output_root=stack.settings_env()["GEOZARR_OUTPUT_ROOT"])
+    with contextlib.closing(open_attempt_journal(settings)) as journal:
+        return [a for a in journal.attempts(collection, item_id) if a.stage is Stage.CONVERT]
+
+
 def test_transient_source_outage_is_retried_then_succeeds(local_stack: LocalStack) -> None:
-    """The source server is down at the first delivery and up before the retry."""
+    """The source server is down through the first delivery (the stage's own retries of the
+    source read included) and up before the broker's retry."""
     sample = add_sample(local_stack, "S2A_MSIL2A_RETRY_TEST")
     port = free_port()
     source = item_url(f"http://127.0.0.1:{port}", sample.collection, sample.item_id)
     local_stack.publish(convert_requested_event(source, sample.item_id, sample.collection))
-    time.sleep(1.0)
+    deadline = time.monotonic() + 120
+    while not any(
+        a.outcome == "retry"
+        for a in convert_attempts(local_stack, sample.collection, sample.item_id)
+    ):
+        assert time.monotonic() < deadline, "the first delivery never answered a transient fault"
+        time.sleep(0.2)
     server = ManagedProcess(
         name="late-samples",
         command=module_command(

@@ -7,6 +7,8 @@ each kind of call are tested in test_retries).
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import httpx
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
@@ -163,3 +165,40 @@ def test_a_lost_conditional_write_is_a_conflict_not_absence() -> None:
         assert not faults.is_s3_absent(client_error(code, "PutObject"))
     assert not faults.is_s3_conflict(client_error("AccessDenied"))
     assert faults.s3_code(ValueError("not boto")) == ""
+
+
+@pytest.mark.parametrize(
+    ("code", "status"),
+    [
+        ("OperationAborted", 409),  # a conflicting operation in progress on the object
+        ("PriorRequestNotComplete", 400),
+        ("ThrottlingException", 400),
+        ("TooManyRequestsException", 400),
+        ("BandwidthLimitExceeded", 400),
+    ],
+)
+def test_s3_codes_botocore_retries_may_pass_whatever_their_status(code: str, status: int) -> None:
+    calls: list[int] = []
+
+    def call(**_: object) -> object:
+        calls.append(1)
+        raise client_error(code, "PutObject", status=status)
+
+    assert faults.s3_refusal(client_error(code, status=status)) is None
+    twice = RetryPolicy("test", attempts=2, backoff_seconds=0.0, max_backoff_seconds=0.0)
+    with pytest.raises(TransientError, match=code) as raised:
+        faults.s3_request("marker write", call, retry=replace(twice, sleep=lambda _s: None))
+    assert "status" not in raised.value.details
+    assert len(calls) == 2  # retried within the process, not left to the broker at once
+
+
+def test_the_passing_codes_hold_botocores_own_standard_mode_lists() -> None:
+    """The copy in faults follows the installed botocore (retries/standard.py)."""
+    from botocore.retries.standard import (
+        ThrottledRetryableChecker,
+        TransientRetryableChecker,
+    )
+
+    assert set(TransientRetryableChecker._TRANSIENT_ERROR_CODES) <= faults.S3_PASSING_CODES
+    assert set(ThrottledRetryableChecker._THROTTLED_ERROR_CODES) <= faults.S3_PASSING_CODES
+    assert faults.s3_refusal(client_error("AccessDenied", status=403)) == 403

@@ -14,12 +14,13 @@ import io
 import json
 import logging
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any
 
 import httpx
 import pytest
 from botocore.response import StreamingBody
-from botocore.stub import Stubber
+from botocore.stub import ANY, Stubber
 
 from geozarr_pipeline import output_store
 from geozarr_pipeline.catalog.auth import OidcClientCredentials
@@ -27,6 +28,7 @@ from geozarr_pipeline.catalog.stac_api import StacApiCatalog
 from geozarr_pipeline.config import Settings
 from geozarr_pipeline.convert.sources import read_root_metadata
 from geozarr_pipeline.errors import (
+    InProgress,
     InvalidInput,
     PipelineError,
     RateLimited,
@@ -360,6 +362,23 @@ def test_a_rate_limit_waits_as_long_as_retry_after_says_up_to_a_cap(
     assert waits == [3.0, MAX_RETRY_AFTER_SECONDS]
 
 
+def test_a_retry_after_is_capped_by_the_policys_backoff_cap(waits: list[float]) -> None:
+    """retry_backoff_cap_seconds bounds every wait, a Retry-After's too."""
+    settings = Settings(**SETTINGS, retry_backoff_cap_seconds=2.0)
+    capped = RetryPolicies.from_settings(settings, sleep=waits.append)
+    api = FakeStacApi()
+    api.faults["POST"] = [(429, {"Retry-After": "1"}), (429, {"Retry-After": "3600"})]
+    api.catalog(capped).put_item(stac_item(), "create-or-skip")
+    assert waits == [1.0, 2.0]
+    # A cap above MAX_RETRY_AFTER_SECONDS leaves that one in force.
+    waits.clear()
+    settings = Settings(**SETTINGS, retry_backoff_cap_seconds=60.0)
+    roomy = RetryPolicies.from_settings(settings, sleep=waits.append)
+    api.faults["DELETE"] = [(429, {"Retry-After": "3600"})]
+    api.catalog(roomy).delete_item("c", ITEM_ID)
+    assert waits == [MAX_RETRY_AFTER_SECONDS]
+
+
 def test_a_rate_limit_that_never_clears_is_rate_limited(policies: RetryPolicies) -> None:
     api = FakeStacApi()
     api.faults["DELETE"] = [429] * 10
@@ -618,29 +637,57 @@ def test_a_retried_create_only_write_that_landed_is_still_ours(
 
 
 def test_s3_request_without_a_policy_uses_the_default_settings_one(
-    tmp_path: Any, stubbed: tuple[Any, Stubber], retry_log: list[logging.LogRecord]
+    stubbed: tuple[Any, Stubber],
+    waits: list[float],
+    retry_log: list[logging.LogRecord],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The store reader of register calls `s3_request` without a policy of its own (one real
-    wait of at most the default S3 backoff here)."""
+    """A caller that passes no policy gets the default settings' S3 one (its sleep recorded
+    here, its attempts and backoff as they are)."""
+    from geozarr_pipeline import retries
+
     client, stubber = stubbed
     default = default_policies().s3
     assert default.attempts == Settings.model_fields["retry_s3_attempts"].default
+    assert default.backoff_seconds == Settings.model_fields["retry_s3_backoff_seconds"].default
+    recorded = replace(default_policies(), s3=replace(default, sleep=waits.append))
+    monkeypatch.setattr(retries, "default_policies", lambda: recorded)
     stubber.add_client_error("get_object", service_error_code="SlowDown", http_status_code=503)
     stubber.add_response("get_object", {"Body": body(b"{}")})
     reply = s3_request("read", client.get_object, item_id=ITEM_ID, Bucket="bucket", Key="k")
     assert reply["Body"].read() == b"{}"
     stubber.assert_no_pending_responses()
+    assert len(waits) == 1
+    assert 0 <= waits[0] <= default.backoff_seconds
     assert_logged_retries(retry_log, "s3", 1)
 
 
+def test_a_store_reader_on_s3_takes_the_s3_policy_of_its_settings(tmp_path: Any) -> None:
+    settings = s3_settings(tmp_path, retry_s3_attempts=7, retry_s3_backoff_seconds=0.5)
+    reader = S3Reader("bucket", "c/X.zarr", settings)
+    assert reader.retry == RetryPolicies.from_settings(settings).s3
+    assert reader.retry != default_policies().s3
+    reader.close()
+
+
+def s3_reader(tmp_path: Any, client: Any, policies: RetryPolicies) -> S3Reader:
+    reader = S3Reader("bucket", "c/X.zarr", s3_settings(tmp_path), retry=policies.s3)
+    reader.client.close()
+    reader.client = client
+    return reader
+
+
 def test_a_store_listing_on_s3_is_retried_as_one_call(
-    tmp_path: Any, stubbed: tuple[Any, Stubber], retry_log: list[logging.LogRecord]
+    tmp_path: Any,
+    stubbed: tuple[Any, Stubber],
+    policies: RetryPolicies,
+    waits: list[float],
+    retry_log: list[logging.LogRecord],
 ) -> None:
     """Register walks a store without consolidated metadata by listing it: botocore makes one
     attempt, so the listing itself is under the S3 policy."""
     client, stubber = stubbed
-    reader = S3Reader("bucket", "c/X.zarr", s3_settings(tmp_path))
-    reader.client = client
+    reader = s3_reader(tmp_path, client, policies)
     stubber.add_client_error("list_objects_v2", service_error_code="SlowDown", http_status_code=503)
     stubber.add_response(
         "list_objects_v2",
@@ -648,7 +695,186 @@ def test_a_store_listing_on_s3_is_retried_as_one_call(
     )
     assert reader.list_children("") == ["a", "b"]
     stubber.assert_no_pending_responses()
+    assert len(waits) == 1
     assert_logged_retries(retry_log, "s3", 1, item_id=None)
+
+
+def test_a_store_document_read_on_s3_is_retried_under_the_readers_policy(
+    tmp_path: Any, stubbed: tuple[Any, Stubber], policies: RetryPolicies, waits: list[float]
+) -> None:
+    client, stubber = stubbed
+    reader = s3_reader(tmp_path, client, policies)
+    for _ in range(policies.s3.attempts):
+        stubber.add_client_error("get_object", service_error_code="SlowDown", http_status_code=503)
+    with pytest.raises(TransientError, match="SlowDown"):
+        reader.read_json("zarr.json")
+    stubber.assert_no_pending_responses()
+    assert len(waits) == policies.s3.attempts - 1
+
+
+# The S3 lease: conditional writes under the S3 policy ---------------------------------------
+
+LOCK_KEY = f"geozarr/c/{ITEM_ID}.zarr.lock"
+
+
+def s3_lease(client: Any, policies: RetryPolicies, seconds: float = 60.0) -> output_store._S3Lease:
+    return output_store._S3Lease(
+        client, "bucket", LOCK_KEY, seconds, retry=policies.s3, item_id=ITEM_ID
+    )
+
+
+def lock_body(owner: str, expires_at: float) -> StreamingBody:
+    return body(json.dumps({"owner": owner, "expires_at": expires_at}).encode())
+
+
+def put_lock(**condition: str) -> dict[str, Any]:
+    return {"Bucket": "bucket", "Key": LOCK_KEY, "Body": ANY, **condition}
+
+
+def conflict(stubber: Stubber, **condition: str) -> None:
+    stubber.add_client_error(
+        "put_object",
+        service_error_code="PreconditionFailed",
+        http_status_code=412,
+        expected_params=put_lock(**condition),
+    )
+
+
+def test_a_retried_take_over_that_landed_is_still_ours(
+    stubbed: tuple[Any, Stubber], policies: RetryPolicies, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If-Match on an expired lock: the first attempt was applied but its answer lost (a read
+    timeout), the retry meets our own ETag (412), and the lock read back is ours: taken."""
+    from botocore.exceptions import ReadTimeoutError
+
+    client, stubber = stubbed
+    lease = s3_lease(client, policies)
+    conflict(stubber, IfNoneMatch="*")  # held (expired) by a delivery that died
+    stubber.add_response(
+        "get_object",
+        {"Body": lock_body("dead", 0.0), "ETag": '"old"'},
+        {"Bucket": "bucket", "Key": LOCK_KEY},
+    )
+    conflict(stubber, IfMatch='"old"')  # the retry of the take-over, after the timeout
+    stubber.add_response("get_object", {"Body": lock_body(lease.owner, 1e12), "ETag": '"mine"'})
+
+    stubbed_put = client.put_object
+    puts: list[dict[str, Any]] = []
+
+    def put_object(**kwargs: Any) -> Any:
+        puts.append(kwargs)
+        if kwargs.get("IfMatch") and len(puts) == 2:
+            raise ReadTimeoutError(endpoint_url=f"https://s3/{LOCK_KEY}")
+        return stubbed_put(**kwargs)
+
+    monkeypatch.setattr(client, "put_object", put_object)
+    monkeypatch.setattr(lease, "_renew", lambda: None)  # no heartbeat in this test
+    lease.acquire()
+    assert lease.etag == '"mine"'
+    assert not lease.lost
+    assert [p.get("IfMatch") for p in puts] == [None, '"old"', '"old"']
+    stubber.assert_no_pending_responses()
+
+
+def test_a_take_over_lost_to_another_delivery_is_in_progress(
+    stubbed: tuple[Any, Stubber], policies: RetryPolicies
+) -> None:
+    client, stubber = stubbed
+    lease = s3_lease(client, policies)
+    conflict(stubber, IfNoneMatch="*")
+    stubber.add_response("get_object", {"Body": lock_body("dead", 0.0), "ETag": '"old"'})
+    conflict(stubber, IfMatch='"old"')
+    stubber.add_response("get_object", {"Body": lock_body("other", 1e12), "ETag": '"theirs"'})
+    with pytest.raises(InProgress, match="held by another delivery"):
+        lease.acquire()
+    stubber.assert_no_pending_responses()
+
+
+class Heartbeats:
+    """A stop event for the lease's heartbeat: `beats` periods pass at once, then it stops."""
+
+    def __init__(self, beats: int) -> None:
+        self.beats = beats
+        self.waited: list[float | None] = []
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waited.append(timeout)
+        self.beats -= 1
+        return self.beats < 0
+
+    def set(self) -> None:
+        self.beats = 0
+
+
+def test_a_renewal_that_meets_a_transient_fault_is_retried_at_once(
+    stubbed: tuple[Any, Stubber],
+    policies: RetryPolicies,
+    waits: list[float],
+    retry_log: list[logging.LogRecord],
+) -> None:
+    """botocore makes one attempt: one 503 must not skip a whole renewal period."""
+    client, stubber = stubbed
+    lease = s3_lease(client, policies)
+    lease.etag = '"e1"'
+    lease._stop = Heartbeats(1)  # type: ignore[assignment]
+    stubber.add_client_error(
+        "put_object",
+        service_error_code="SlowDown",
+        http_status_code=503,
+        expected_params=put_lock(IfMatch='"e1"'),
+    )
+    stubber.add_response("put_object", {"ETag": '"e2"'}, put_lock(IfMatch='"e1"'))
+    lease._renew()  # one period, then stopped
+    stubber.assert_no_pending_responses()
+    assert (lease.etag, lease.lost) == ('"e2"', False)
+    assert len(waits) == 1
+    assert_logged_retries(retry_log, "s3", 1)
+
+
+def test_a_retried_renewal_that_landed_keeps_the_lease(
+    stubbed: tuple[Any, Stubber], policies: RetryPolicies
+) -> None:
+    client, stubber = stubbed
+    lease = s3_lease(client, policies)
+    lease.etag = '"e1"'
+    stubber.add_client_error("put_object", service_error_code="InternalError", http_status_code=500)
+    conflict(stubber, IfMatch='"e1"')
+    stubber.add_response("get_object", {"Body": lock_body(lease.owner, 1e12), "ETag": '"e2"'})
+    assert lease._renew_once()
+    assert (lease.etag, lease.lost) == ('"e2"', False)
+    stubber.assert_no_pending_responses()
+
+
+@pytest.mark.parametrize("holder", ["other", None], ids=["taken-over", "gone"])
+def test_a_renewal_that_finds_the_lock_another_s_or_gone_loses_the_lease(
+    holder: str | None, stubbed: tuple[Any, Stubber], policies: RetryPolicies
+) -> None:
+    client, stubber = stubbed
+    lease = s3_lease(client, policies)
+    lease.etag = '"e1"'
+    conflict(stubber, IfMatch='"e1"')
+    if holder is None:
+        stubber.add_client_error("get_object", service_error_code="NoSuchKey", http_status_code=404)
+    else:
+        stubber.add_response("get_object", {"Body": lock_body(holder, 1e12), "ETag": '"e9"'})
+    assert not lease._renew_once()
+    assert lease.lost
+    with pytest.raises(InProgress, match="lost the lease"):
+        lease.verify()
+    stubber.assert_no_pending_responses()
+
+
+def test_a_renewal_that_keeps_failing_waits_for_the_next_period(
+    stubbed: tuple[Any, Stubber], policies: RetryPolicies
+) -> None:
+    client, stubber = stubbed
+    lease = s3_lease(client, policies)
+    lease.etag = '"e1"'
+    for _ in range(policies.s3.attempts):
+        stubber.add_client_error("put_object", service_error_code="SlowDown", http_status_code=503)
+    assert lease._renew_once()
+    assert (lease.etag, lease.lost) == ('"e1"', False)
+    stubber.assert_no_pending_responses()
 
 
 # The policy itself -------------------------------------------------------------------------

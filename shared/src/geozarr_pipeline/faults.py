@@ -42,10 +42,34 @@ TRANSIENT_STATUSES = frozenset({408, 429}) | frozenset(range(500, 600))
 # S3 error codes: a missing key or bucket, and a lost conditional write (If-None-Match/If-Match).
 S3_ABSENT_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 S3_CONFLICT_CODES = frozenset({"PreconditionFailed", "ConditionalRequestConflict"})
-# Codes S3 may send with a 4xx that still pass (botocore's standard retry mode retries them).
-S3_PASSING_CODES = frozenset(
-    {"RequestTimeout", "RequestTimeoutException", "SlowDown", "Throttling", "RequestLimitExceeded"}
+# Error codes botocore's standard retry mode retries whatever the status, copied from
+# botocore/retries/standard.py of botocore 1.43.117 (class attributes, not public constants):
+# TransientRetryableChecker._TRANSIENT_ERROR_CODES and
+# ThrottledRetryableChecker._THROTTLED_ERROR_CODES.
+BOTOCORE_TRANSIENT_CODES = frozenset(
+    {"RequestTimeout", "RequestTimeoutException", "PriorRequestNotComplete"}
 )
+BOTOCORE_THROTTLED_CODES = frozenset(
+    {
+        "Throttling",
+        "ThrottlingException",
+        "ThrottledException",
+        "RequestThrottledException",
+        "TooManyRequestsException",
+        "ProvisionedThroughputExceededException",
+        "TransactionInProgressException",
+        "RequestLimitExceeded",
+        "BandwidthLimitExceeded",
+        "LimitExceededException",
+        "RequestThrottled",
+        "SlowDown",
+        "PriorRequestNotComplete",
+        "EC2ThrottledException",
+    }
+)
+# Codes S3 may send with a 4xx that still pass: botocore's, and S3's 409 OperationAborted
+# ("a conflicting conditional operation is in progress against this resource, try again").
+S3_PASSING_CODES = BOTOCORE_TRANSIENT_CODES | BOTOCORE_THROTTLED_CODES | {"OperationAborted"}
 
 
 def _reason(status: int) -> str:

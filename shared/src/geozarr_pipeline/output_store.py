@@ -278,7 +278,12 @@ class _S3Lease(Lease):
         return json.dumps({"owner": self.owner, "expires_at": time.time() + self.seconds}).encode()
 
     def _put_if(self, **condition: str) -> str | None:
-        """Write the lock object if `condition` holds: its ETag, None when it did not."""
+        """Write the lock object, under the S3 retry policy, if `condition` holds: its ETag,
+        None when it did not (the lock there is another ETag, or none for an If-Match).
+
+        A conflict is not proof that the lock is another's: an attempt applied whose answer
+        was lost (a timeout) made the lock ours, and the next attempt meets our own ETag.
+        The caller reads the lock again (`_ours`)."""
 
         def attempt() -> str | None:
             try:
@@ -286,12 +291,31 @@ class _S3Lease(Lease):
                     Bucket=self.bucket, Key=self.key, Body=self._body(), **condition
                 )
             except s3_errors() as exc:
-                if is_s3_conflict(exc):
+                if is_s3_conflict(exc) or is_s3_absent(exc):
                     return None
                 raise s3_fault(f"lease of s3://{self.bucket}/{self.key}", exc) from exc
             return str(reply["ETag"])
 
         return self.retry.call(attempt, item_id=self.item_id)
+
+    def _read_lock(self) -> tuple[str, dict[str, Any]] | None:
+        """The lock object's ETag and holder ({} if unreadable); None if there is none."""
+        current = _s3_get(
+            self.client, self.bucket, self.key, retry=self.retry, item_id=self.item_id
+        )
+        if current is None:
+            return None
+        try:
+            holder = json.loads(current["Body"])
+        except ValueError:
+            holder = {}
+        return str(current["ETag"]), holder if isinstance(holder, dict) else {}
+
+    def _ours(self, lock: tuple[str, dict[str, Any]] | None) -> str | None:
+        """The lock's ETag when it is ours (only this lease writes its owner), else None."""
+        if lock is not None and lock[1].get("owner") == self.owner:
+            return lock[0]
+        return None
 
     def acquire(self) -> None:
         etag = self._put_if(IfNoneMatch="*")
@@ -301,38 +325,49 @@ class _S3Lease(Lease):
 
     def _take_over_expired(self) -> str:
         busy = InProgress(f"s3://{self.bucket}/{self.key} is held by another delivery")
-        current = _s3_get(
-            self.client, self.bucket, self.key, retry=self.retry, item_id=self.item_id
-        )
+        current = self._read_lock()
         if current is None:
             raise busy
+        mine = self._ours(current)
+        if mine is not None:
+            # A retried create whose first attempt was applied: the lock is ours already.
+            return mine
+        etag, holder = current
         try:
-            holder = json.loads(current["Body"])
             expires_at = float(holder["expires_at"])
         except (ValueError, KeyError, TypeError):
-            holder, expires_at = {}, 0.0
-        if isinstance(holder, dict) and holder.get("owner") == self.owner:
-            # A retried create whose first attempt was applied: the lock is ours already.
-            return str(current["ETag"])
+            expires_at = 0.0
         if expires_at > time.time():
             raise busy
-        etag = self._put_if(IfMatch=current["ETag"])
-        if etag is None:
+        taken = self._put_if(IfMatch=etag)
+        if taken is None:
+            # Lost to another delivery, or a retried take-over whose first attempt was applied.
+            taken = self._ours(self._read_lock())
+        if taken is None:
             raise busy
-        return etag
+        return taken
 
     def _renew(self) -> None:
         while not self._stop.wait(self.seconds / 3):
-            try:
-                reply = self.client.put_object(
-                    Bucket=self.bucket, Key=self.key, Body=self._body(), IfMatch=self.etag
-                )
-            except s3_errors() as exc:
-                if is_s3_conflict(exc) or is_s3_absent(exc):
-                    self.lost = True
-                    return
-                continue
-            self.etag = reply["ETag"]
+            if not self._renew_once():
+                return
+
+    def _renew_once(self) -> bool:
+        """One renewal, under the S3 retry policy: False once the lease is lost (the lock is
+        another's, or gone). A renewal still failing after the policy's attempts leaves the
+        lease as it is; the next period tries again."""
+        try:
+            etag = self._put_if(IfMatch=self.etag)
+            if etag is None:
+                # Taken over, or an applied renewal whose answer was lost: the lock says which.
+                etag = self._ours(self._read_lock())
+        except PipelineError:
+            return True
+        if etag is None:
+            self.lost = True
+            return False
+        self.etag = etag
+        return True
 
     def _head(self) -> dict[str, Any] | None:
         head: dict[str, Any] | None = s3_request(

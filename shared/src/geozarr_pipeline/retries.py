@@ -5,9 +5,10 @@ A call is retried only when it fails with a PipelineError that may pass (`retrya
 refuse outright: an error recording a 4xx other than 408/429 (`status` in its details, e.g. S3
 AccessDenied) stays transient for the broker, which redelivers once the deployment is fixed,
 but retrying it within seconds is no use. Attempts are bounded; the wait between them is
-exponential with full jitter, capped, or the Retry-After the upstream sent (`retry_after_s` in
-the error's details, up to MAX_RETRY_AFTER_SECONDS). Every retry is logged once, with the
-item id the caller passes. The last error is raised as it is.
+exponential with full jitter, capped at the policy's `max_backoff_seconds` (the setting
+`retry_backoff_cap_seconds`), or the Retry-After the upstream sent (`retry_after_s` in the
+error's details), capped the same way and never above MAX_RETRY_AFTER_SECONDS. Every retry
+is logged once, with the item id the caller passes. The last error is raised as it is.
 
 An error a policy has given up on is final for every policy around it, so nested calls (a
 token fetch inside a STAC API request, an S3 read inside a product read) never multiply their
@@ -52,7 +53,8 @@ def should_retry(error: BaseException) -> bool:
 @dataclass(frozen=True)
 class RetryPolicy:
     """How one kind of call is retried: `attempts` counts every attempt, the first included;
-    the n-th wait is random in [0, min(max_backoff_seconds, backoff_seconds * 2**(n-1))]."""
+    the n-th wait is random in [0, min(max_backoff_seconds, backoff_seconds * 2**(n-1))], or
+    the Retry-After the error asked for, up to min(MAX_RETRY_AFTER_SECONDS, max_backoff_seconds)."""
 
     kind: str
     attempts: int
@@ -72,7 +74,7 @@ class RetryPolicy:
         error = state.outcome.exception() if state.outcome is not None else None
         hinted = error.details.get("retry_after_s") if isinstance(error, PipelineError) else None
         if isinstance(hinted, int | float) and hinted >= 0:
-            return min(float(hinted), MAX_RETRY_AFTER_SECONDS)
+            return min(float(hinted), MAX_RETRY_AFTER_SECONDS, self.max_backoff_seconds)
         backoff = tenacity.wait_random_exponential(
             multiplier=self.backoff_seconds, max=self.max_backoff_seconds
         )

@@ -8,7 +8,12 @@ from typing import Any
 import pytest
 
 from geozarr_local.sample.hierarchy import load_hierarchy
-from geozarr_pipeline.stac.item import crosses_antimeridian, geometry_bbox, item_bbox
+from geozarr_pipeline.stac.item import (
+    crosses_antimeridian,
+    geometry_bbox,
+    item_bbox,
+    normalized_longitude,
+)
 
 # Unsplit: the edges between 179.5 and -179.5 go the short way, across 180.
 ACROSS = {
@@ -25,6 +30,19 @@ SPLIT = {
         [[[-180.0, -17.0], [-179.5, -17.0], [-179.5, -16.0], [-180.0, -16.0], [-180.0, -17.0]]],
     ],
 }
+# The same footprint written with longitudes past 180 (east of it counted on), and past -180.
+PAST_180 = {
+    "type": "Polygon",
+    "coordinates": [
+        [[179.5, -17.0], [180.5, -17.0], [180.5, -16.0], [179.5, -16.0], [179.5, -17.0]]
+    ],
+}
+PAST_MINUS_180 = {
+    "type": "Polygon",
+    "coordinates": [
+        [[-180.5, -17.0], [-179.5, -17.0], [-179.5, -16.0], [-180.5, -16.0], [-180.5, -17.0]]
+    ],
+}
 ANTIMERIDIAN_BBOX = [179.5, -17.0, -179.5, -16.0]
 TILE = {
     "type": "Polygon",
@@ -33,7 +51,11 @@ TILE = {
 TILE_BBOX = [11.0, 41.0, 12.5, 42.0]
 
 
-@pytest.mark.parametrize("geometry", [ACROSS, SPLIT], ids=["unsplit", "split"])
+@pytest.mark.parametrize(
+    "geometry",
+    [ACROSS, SPLIT, PAST_180, PAST_MINUS_180],
+    ids=["unsplit", "split", "past-180", "past-minus-180"],
+)
 def test_a_genuine_antimeridian_bbox_is_kept(geometry: dict[str, Any]) -> None:
     assert crosses_antimeridian(geometry)
     assert geometry_bbox(geometry) == ANTIMERIDIAN_BBOX
@@ -126,3 +148,51 @@ def test_a_geometry_round_the_whole_globe_does_not_cross() -> None:
 def test_without_a_geometry_a_well_formed_bbox_is_kept() -> None:
     assert item_bbox(TILE_BBOX, None) == TILE_BBOX
     assert item_bbox([1.0, 2.0, 3.0], None) is None
+
+
+def in_range(bbox: list[float]) -> bool:
+    half = len(bbox) // 2
+    return -180.0 <= bbox[0] <= 180.0 and -180.0 <= bbox[half] <= 180.0
+
+
+@pytest.mark.parametrize(
+    ("lon", "normalized"),
+    [(180.5, -179.5), (-180.5, 179.5), (360.0, 0.0), (540.0, 180.0), (180.0, 180.0)],
+)
+def test_a_longitude_past_the_antimeridian_is_normalised(lon: float, normalized: float) -> None:
+    assert normalized_longitude(lon) == normalized
+    assert normalized_longitude(-180.0) == -180.0
+
+
+@pytest.mark.parametrize("geometry", [PAST_180, PAST_MINUS_180], ids=["past-180", "past-minus"])
+def test_a_footprint_written_past_180_keeps_the_antimeridian_bbox_in_range(
+    geometry: dict[str, Any],
+) -> None:
+    """The review's case: [179.5,-17,-179.5,-16] was replaced by [179.5,-17,180.5,-16]."""
+    for bbox in (ANTIMERIDIAN_BBOX, [179.5, -17.0, 180.5, -16.0], [-180.5, -17.0, -179.5, -16.0]):
+        kept = item_bbox(bbox, geometry)
+        assert kept == ANTIMERIDIAN_BBOX
+        assert kept is not None
+        assert in_range(kept)
+
+
+def test_a_bbox_written_past_180_is_normalised_even_without_a_geometry() -> None:
+    assert item_bbox([179.5, -17.0, 180.5, -16.0], ACROSS) == ANTIMERIDIAN_BBOX
+    assert item_bbox([179.5, -17.0, 180.5, -16.0], None) == ANTIMERIDIAN_BBOX
+    assert item_bbox([0.0, -17.0, 360.0, -16.0], None) == [-180.0, -17.0, 180.0, -16.0]
+    assert item_bbox([179.5, -17.0, 0.0, 180.5, -16.0, 9.0], None) == [
+        179.5,
+        -17.0,
+        0.0,
+        -179.5,
+        -16.0,
+        9.0,
+    ]
+
+
+def test_an_edge_past_180_counted_the_short_way_does_not_cross_180() -> None:
+    """10 -> 350 is 10 -> -10 the short way: across 0, not 180."""
+    ring = [[10.0, 1.0], [350.0, 1.0], [350.0, 2.0], [10.0, 2.0], [10.0, 1.0]]
+    geometry = {"type": "Polygon", "coordinates": [ring]}
+    assert not crosses_antimeridian(geometry)
+    assert geometry_bbox(geometry) == [-10.0, 1.0, 10.0, 2.0]

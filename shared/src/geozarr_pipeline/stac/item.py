@@ -337,8 +337,18 @@ def _is_position(value: Any) -> bool:
     )
 
 
+def normalized_longitude(lon: float) -> float:
+    """The longitude in [-180, 180]: one written past the antimeridian (180.5, or -180.5)
+    is the same meridian on the other side of it (-179.5, or 179.5)."""
+    if -180.0 <= lon <= 180.0:
+        return lon
+    wrapped = (lon + 180.0) % 360.0 - 180.0
+    return 180.0 if wrapped == -180.0 and lon > 0 else wrapped
+
+
 def _sequences(geometry: dict[str, Any]) -> list[list[tuple[float, float]]]:
-    """The geometry's coordinate sequences (rings, lines, points) as (lon, lat) pairs."""
+    """The geometry's coordinate sequences (rings, lines, points) as (lon, lat) pairs, the
+    longitudes normalised to [-180, 180] (`normalized_longitude`)."""
     if geometry.get("type") == "GeometryCollection":
         parts = geometry.get("geometries") or []
         return [seq for part in parts if isinstance(part, dict) for seq in _sequences(part)]
@@ -346,9 +356,9 @@ def _sequences(geometry: dict[str, Any]) -> list[list[tuple[float, float]]]:
 
     def collect(coords: Any) -> None:
         if _is_position(coords):
-            sequences.append([(float(coords[0]), float(coords[1]))])
+            sequences.append([(normalized_longitude(float(coords[0])), float(coords[1]))])
         elif isinstance(coords, list) and coords and all(_is_position(c) for c in coords):
-            sequences.append([(float(c[0]), float(c[1])) for c in coords])
+            sequences.append([(normalized_longitude(float(c[0])), float(c[1])) for c in coords])
         elif isinstance(coords, list):
             for part in coords:
                 collect(part)
@@ -400,14 +410,17 @@ def crosses_antimeridian(geometry: dict[str, Any]) -> bool:
 
 
 def geometry_bbox(geometry: dict[str, Any]) -> list[float] | None:
-    """The geometry's bounds; west > east when it crosses the antimeridian."""
+    """The geometry's bounds, longitudes in [-180, 180]; west > east when it crosses the
+    antimeridian."""
     sequences = [seq for seq in _sequences(geometry) if seq]
     if not sequences:
         return None
     lats = [lat for seq in sequences for _lon, lat in seq]
     if crosses_antimeridian(geometry):
         eastward = [lon for seq in sequences for lon in _eastward(seq)]
-        return [min(eastward), min(lats), max(eastward) - 360.0, max(lats)]
+        west, east = min(eastward), max(eastward) - 360.0
+        # Within [-180, 180] already but for float rounding at the antimeridian itself.
+        return [max(west, -180.0), min(lats), max(east, -180.0), max(lats)]
     lons = [lon for seq in sequences for lon, _lat in seq]
     return [min(lons), min(lats), max(lons), max(lats)]
 
@@ -419,6 +432,22 @@ def _well_formed(bbox: Any) -> bool:
     if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in bbox):
         return False
     return bool(bbox[1] <= bbox[len(bbox) // 2 + 1])
+
+
+def _normalized_bbox(bbox: list[float]) -> list[float]:
+    """A well-formed bbox with its longitudes in [-180, 180]: one written past the
+    antimeridian ([179.5, s, 180.5, n]) becomes the antimeridian form ([179.5, s, -179.5, n]),
+    and one spanning 360 degrees or more the whole globe."""
+    half = len(bbox) // 2
+    west, east = bbox[0], bbox[half]
+    if -180.0 <= west <= 180.0 and -180.0 <= east <= 180.0:
+        return list(bbox)
+    normalized = list(bbox)
+    if east - west >= 360.0:
+        normalized[0], normalized[half] = -180.0, 180.0
+    else:
+        normalized[0], normalized[half] = normalized_longitude(west), normalized_longitude(east)
+    return normalized
 
 
 def _horizontal(bbox: list[float]) -> list[float]:
@@ -454,10 +483,14 @@ def item_bbox(bbox: Any, geometry: dict[str, Any] | None) -> list[float] | None:
     A genuine antimeridian bbox (west > east around a geometry that crosses 180) is kept;
     EOPF products carry west > east for scenes far from it, and those are recomputed, as is a
     bbox that misses part of the geometry or is far larger. A 3D bbox keeps its heights.
+    Longitudes are normalised to [-180, 180] first (STAC's range): a bbox or a geometry
+    written past 180 ([179.5, s, 180.5, n]) is read as the antimeridian one it means.
     """
     bounds = geometry_bbox(geometry) if geometry else None
+    if _well_formed(bbox):
+        bbox = _normalized_bbox(bbox)
     if bounds is None:
-        return list(bbox) if _well_formed(bbox) else None
+        return bbox if _well_formed(bbox) else None
     if _well_formed(bbox) and bbox_agrees(bbox, bounds):
         return list(bbox)
     if _well_formed(bbox) and len(bbox) == 6:

@@ -19,7 +19,7 @@ import httpx
 from geozarr_pipeline.config import Settings
 from geozarr_pipeline.errors import InvalidInput, OutputCheckFailed
 from geozarr_pipeline.faults import http_probe, s3_errors, s3_fault, s3_request
-from geozarr_pipeline.retries import default_policies
+from geozarr_pipeline.retries import RetryPolicies, RetryPolicy
 
 ZARR_JSON = "zarr.json"
 
@@ -151,14 +151,19 @@ class HttpReader:
 
 
 class S3Reader:
-    """S3 through the output bucket's boto3 client, imported only when an s3:// store is read."""
+    """S3 through the output bucket's boto3 client, imported only when an s3:// store is read.
 
-    def __init__(self, bucket: str, prefix: str, settings: Settings) -> None:
+    Every call runs under `retry`, by default the S3 policy of `settings`."""
+
+    def __init__(
+        self, bucket: str, prefix: str, settings: Settings, *, retry: RetryPolicy | None = None
+    ) -> None:
         from geozarr_pipeline.s3 import s3_client
 
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.client = s3_client(settings)
+        self.retry = retry if retry is not None else RetryPolicies.from_settings(settings).s3
 
     def _key(self, path: str) -> str:
         return f"{self.prefix}/{path}".strip("/") if self.prefix else path
@@ -166,7 +171,11 @@ class S3Reader:
     def read_json(self, path: str) -> dict[str, Any] | None:
         where = f"s3://{self.bucket}/{self._key(path)}"
         reply = s3_request(
-            f"read of {where}", self.client.get_object, Bucket=self.bucket, Key=self._key(path)
+            f"read of {where}",
+            self.client.get_object,
+            retry=self.retry,
+            Bucket=self.bucket,
+            Key=self._key(path),
         )
         if reply is None:
             return None
@@ -192,7 +201,7 @@ class S3Reader:
             return sorted(names)
 
         # botocore makes one attempt (s3.s3_client): the whole listing is retried as one call.
-        return default_policies().s3.call(listing, item_id=None)
+        return self.retry.call(listing, item_id=None)
 
     def close(self) -> None:
         self.client.close()
