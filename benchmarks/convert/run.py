@@ -23,27 +23,32 @@ import time
 from pathlib import Path
 from typing import Any
 
+STAGE = {"kind": "stage", "spatial_chunk": 1024, "check": "sample", "shard_size": 4096}
 CONFIGS: dict[str, dict[str, Any]] = {
-    # The stage with its defaults (spatial chunk 1024, no sharding, float, sampled check).
-    "stage": {"kind": "stage", "spatial_chunk": 1024, "sharding": False, "check": "sample"},
-    "stage-full-check": {
-        "kind": "stage",
-        "spatial_chunk": 1024,
-        "sharding": False,
-        "check": "full",
-    },
-    "stage-2048": {"kind": "stage", "spatial_chunk": 2048, "sharding": False, "check": "sample"},
+    # The stage with its defaults: integer reflectance, 1024 chunks in 4096 shards.
+    "stage": {**STAGE, "sharding": True, "integer": True},
+    "stage-full-check": {**STAGE, "sharding": True, "integer": True, "check": "full"},
+    "stage-int": {**STAGE, "sharding": False, "integer": True},
+    "stage-float": {**STAGE, "sharding": False, "integer": False},
+    "stage-float-sharded": {**STAGE, "sharding": True, "integer": False},
+    "stage-int-sharded-2048": {**STAGE, "sharding": True, "integer": True, "shard_size": 2048},
+    "stage-2048": {**STAGE, "spatial_chunk": 2048, "sharding": False, "integer": False},
     "direct-1024": {"kind": "direct", "spatial_chunk": 1024, "sharding": False},
     "direct-2048": {"kind": "direct", "spatial_chunk": 2048, "sharding": False},
     "direct-4096": {"kind": "direct", "spatial_chunk": 4096, "sharding": False},
     "direct-256-sharded": {"kind": "direct", "spatial_chunk": 256, "sharding": True},
     "direct-1024-sharded": {"kind": "direct", "spatial_chunk": 1024, "sharding": True},
     "cli-default": {"kind": "cli"},
-    "copy-floor": {"kind": "copy", "spatial_chunk": 1024},
+    "copy-floor": {"kind": "copy", "spatial_chunk": 1024, "native": False},
+    "copy-native": {"kind": "copy", "spatial_chunk": 1024, "native": True},
 }
 DEFAULT_ORDER = (
+    "copy-native",
     "direct-1024",
     "stage",
+    "stage-int",
+    "stage-float",
+    "stage-float-sharded",
     "copy-floor",
     "stage-full-check",
     "direct-2048",
@@ -107,7 +112,7 @@ def run_one(name: str, product: Path, output: Path, work: Path) -> dict[str, Any
         result["wall_s"] = round(time.monotonic() - started, 2)
     elif config["kind"] == "copy":
         started = time.monotonic()
-        copy_floor(library, product, output, config["spatial_chunk"])
+        copy_floor(library, product, output, config["spatial_chunk"], native=config["native"])
         result["wall_s"] = round(time.monotonic() - started, 2)
     else:
         result.update(run_stage(config, product, output, work))
@@ -136,7 +141,8 @@ def run_stage(config: dict[str, Any], product: Path, output: Path, work: Path) -
         allow_file_urls=True,
         spatial_chunk=config["spatial_chunk"],
         enable_sharding=config["sharding"],
-        keep_scale_offset=False,
+        shard_size=config["shard_size"],
+        keep_scale_offset=config["integer"],
         convert_check_native=config["check"],
     )
     event = ConvertRequested(
@@ -161,8 +167,10 @@ def run_stage(config: dict[str, Any], product: Path, output: Path, work: Path) -
     }
 
 
-def copy_floor(library: Any, product: Path, output: Path, chunk: int) -> None:
-    """The same arrays re-encoded with the same codec (blosc zstd 3), no resampling."""
+def copy_floor(library: Any, product: Path, output: Path, chunk: int, *, native: bool) -> None:
+    """The same arrays decoded and re-encoded with the same codec (blosc zstd 3), no
+    resampling: as float32 like the converter's float mode, or (`native`) in the source's
+    own dtype with its CF scale, offset and fill value."""
     import numpy as np
     from zarr.codecs import BloscCodec
 
@@ -178,9 +186,14 @@ def copy_floor(library: Any, product: Path, output: Path, chunk: int) -> None:
         dataset = dataset.chunk({dim: min(chunk, size) for dim, size in dataset.sizes.items()})
         encoding: dict[str, Any] = {}
         for name, variable in dataset.data_vars.items():
-            if variable.dtype == np.float64:
+            cf = {
+                key: variable.encoding[key]
+                for key in ("dtype", "scale_factor", "add_offset", "_FillValue")
+                if native and key in variable.encoding
+            }
+            if variable.dtype == np.float64 and "dtype" not in cf:
                 dataset[name] = variable.astype("float32")
-            encoding[str(name)] = {"compressors": (compressor,)}
+            encoding[str(name)] = {"compressors": (compressor,), **cf}
         dataset.attrs = {}
         for variable in dataset.variables.values():
             variable.encoding = {}
@@ -239,22 +252,23 @@ def measure(name: str, product: Path, work: Path) -> dict[str, Any]:
 
 
 def markdown_table(results: list[dict[str, Any]]) -> str:
-    """One row per run; ratios against the fastest direct run and the fastest copy floor."""
+    """One row per run; wall against the fastest direct run, CPU against the median CPU of
+    the native-dtype copy floor runs (the same run's)."""
     direct = [r["wall_s"] for r in results if r["kind"] == "direct"]
-    floor = [r["wall_s"] for r in results if r["kind"] == "copy"]
+    native = sorted(r["cpu_s"] for r in results if r["config"] == "copy-native")
     fastest = min(direct) if direct else None
-    copy = min(floor) if floor else None
+    floor_cpu = native[len(native) // 2] if native else None
     lines = [
-        "| # | configuration | wall s | CPU s | peak RSS MiB | output MB | objects "
-        "| / fastest direct | / copy floor | check s | load 1m before/after |",
+        "| # | configuration | wall s | CPU s | peak RSS MiB | output GiB | objects "
+        "| wall / fastest direct | CPU / native copy floor | check s | load 1m before/after |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for index, r in enumerate(results, 1):
         ratio = f"{r['wall_s'] / fastest:.2f}" if fastest else "-"
-        to_floor = f"{r['wall_s'] / copy:.2f}" if copy else "-"
+        to_floor = f"{r['cpu_s'] / floor_cpu:.2f}" if floor_cpu else "-"
         lines.append(
             f"| {index} | {r['config']} | {r['wall_s']:.1f} | {r.get('cpu_s', '-')} "
-            f"| {r['peak_rss_mib']:.0f} | {r['output_bytes'] / 1e6:.0f} | {r['objects']} "
+            f"| {r['peak_rss_mib']:.0f} | {r['output_bytes'] / 2**30:.2f} | {r['objects']} "
             f"| {ratio} | {to_floor} | {r.get('check_s', '-')} "
             f"| {r['load_before']}/{r['load_after']} |"
         )
@@ -265,7 +279,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--product", type=Path, required=True)
     parser.add_argument("--work", type=Path, required=True)
-    parser.add_argument("--synthesize", action="store_true", help="write a full-size L2A first")
+    parser.add_argument("--synthesize", action="store_true", help="write a full-size product first")
+    parser.add_argument("--kind", choices=("l2a", "l1c"), default="l2a", help="what to synthesize")
     parser.add_argument("--configs", default=",".join(DEFAULT_ORDER))
     parser.add_argument("--results", type=Path, default=None)
     parser.add_argument("--table", action="store_true", help="print a markdown table of --results")
@@ -287,7 +302,7 @@ def main() -> int:
         from geozarr_local.sample.synthesize import synthesize_product
 
         started = time.monotonic()
-        synthesize_product("l2a", args.product, 1.0, 7)
+        synthesize_product(args.kind, args.product, 1.0, 7)
         print(f"synthesized {args.product} in {time.monotonic() - started:.0f} s", flush=True)
     results_path = args.results or args.work / "results.jsonl"
     for name in args.configs.split(","):

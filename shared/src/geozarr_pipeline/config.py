@@ -38,6 +38,8 @@ class Settings(BaseSettings):
     spatial_chunk: int = 1024
     enable_sharding: bool = False
     keep_scale_offset: bool = False
+    # Side of a shard in pixels (whole inner chunks of spatial_chunk) when sharding.
+    shard_size: int = Field(default=4096, ge=64, le=32768)
     work_dir: Path = Path("data/work")
     # Convert stage: source S3 access, lease of a running conversion, depth of the output check.
     source_s3_endpoint_url: str | None = None

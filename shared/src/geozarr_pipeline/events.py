@@ -175,6 +175,7 @@ class ConversionOptions(EventData):
     spatial_chunk: int | None = Field(default=None, ge=64, le=8192)
     enable_sharding: bool | None = None
     keep_scale_offset: bool | None = None
+    shard_size: int | None = Field(default=None, ge=64, le=32768)
     force: bool = False
 
 

@@ -19,18 +19,26 @@ REFL = "measurements/reflectance"
 
 
 def raw_conversion(source: Path, output: Path, keep_scale_offset: bool) -> Path:
-    """What eopf-geozarr writes on its own (no workaround, no check, no repairs)."""
+    """What eopf-geozarr writes on its own: its own coarsening (the engine's fix undone for
+    this call), no check, no repairs."""
     library = engine.load_library()
-    tree = library.open_source_datatree(str(source))
-    library.convert_s2_optimized(
-        tree,
-        output_path=str(output),
-        enable_sharding=False,
-        spatial_chunk=256,
-        compression_level=3,
-        validate_output=False,
-        keep_scale_offset=keep_scale_offset,
-    )
+    from eopf_geozarr.s2_optimization import s2_multiscale
+
+    fixed = s2_multiscale._coarsen_variable
+    s2_multiscale._coarsen_variable = fixed.__wrapped__
+    try:
+        tree = library.open_source_datatree(str(source))
+        library.convert_s2_optimized(
+            tree,
+            output_path=str(output),
+            enable_sharding=False,
+            spatial_chunk=256,
+            compression_level=3,
+            validate_output=False,
+            keep_scale_offset=keep_scale_offset,
+        )
+    finally:
+        s2_multiscale._coarsen_variable = fixed
     return output
 
 
@@ -92,9 +100,12 @@ def test_float_b08_defect_is_repaired(
     assert again.repaired == []
 
 
-def test_packed_dn1000_defect_is_repaired(
+def test_packed_dn1000_defect_fails_on_the_means_it_spoils(
     sample_root: SampleRoot, raw_packed: Path, tmp_path: Path
 ) -> None:
+    """The library's own keep_scale_offset output: nodata blocks of r120m become DN 1000
+    (decoded 0.0), and r360m averages those into its edge blocks. The nodata pattern alone
+    can be repaired; the spoilt means cannot, and the value check says where."""
     store = copy_of(raw_packed, tmp_path)
     out = zarr.open_group(str(store), mode="r")
     b02_120 = out[f"{REFL}/r120m/b02"]
@@ -102,11 +113,36 @@ def test_packed_dn1000_defect_is_repaired(
     expected = expected[: b02_120.shape[0], : b02_120.shape[1]]
     assert (b02_120[:][expected] == 1000).all()
 
-    report = run_check(sample_root, store)
-    assert any(r.startswith("r120m/b02") for r in report.repaired)
+    with pytest.raises(OutputCheckFailed) as failed:
+        run_check(sample_root, store)
+    problems = failed.value.details["problems"]
+    assert any(
+        p.startswith("r360m/b02") and "differ from the float-mode reflectance" in p
+        for p in problems
+    )
     fill = b02_120.attrs["_FillValue"]
-    np.testing.assert_array_equal(b02_120[:] == fill, expected)
-    assert run_check(sample_root, store).repaired == []
+    np.testing.assert_array_equal(b02_120[:] == fill, expected)  # the pattern was repaired
+
+
+@pytest.mark.parametrize("spoilt", [f"{REFL}/r60m/b01", f"{REFL}/r360m/b11"])
+def test_one_dn_off_fails_the_check(sample_root: SampleRoot, tmp_path: Path, spoilt: str) -> None:
+    """One pixel one DN off, in a native level or a derived one, is found."""
+    store = tmp_path / "out.zarr"
+    settings = Settings()
+    tree = engine.open_source(str(sample_root.l2a.product_path), settings)
+    options = engine.EffectiveOptions(256, False, True)
+    engine.convert(tree, str(store), options, settings)
+    group = zarr.open_group(str(store), mode="r+")
+    assert run_check(sample_root, store, native_mode="full").repaired == []
+    array = group[spoilt]
+    values = array[:]
+    rows, cols = np.nonzero(values != array.attrs["_FillValue"])
+    values[rows[len(rows) // 2], cols[len(cols) // 2]] += 1
+    array[:] = values
+    with pytest.raises(OutputCheckFailed) as failed:
+        run_check(sample_root, store, native_mode="full")
+    found = [p.split(":")[0] for p in failed.value.details["problems"]]
+    assert found == [spoilt.removeprefix(f"{REFL}/")]
 
 
 @pytest.mark.parametrize("native_mode", ["full", "sample"])

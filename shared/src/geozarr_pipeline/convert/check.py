@@ -4,7 +4,10 @@ The library's own validation is a stub, so after every conversion this module ch
 reflectance pyramid: every level exists with the shape, CRS and transform derived from the
 source; and the nodata pattern of every band at every level is the one the source implies
 (native levels: exactly the source's nodata pixels; injected and coarser levels: the blocks
-whose pixels are all nodata one level finer).
+whose pixels are all nodata one level finer); and the decoded values of every band at every
+level are the float-mode reflectance (the source decoded, or the nan-mean of its blocks) to
+within half a step of the band's encoding (`value_tolerance`): integer reflectance with CF
+scale/offset decodes to what float mode writes.
 
 Known eopf-geozarr 0.12.0 defects are repaired in place rather than failed:
 - the b08 band injected into r20m/r60m writes 0.0 (float mode) or DN 1000
@@ -68,6 +71,18 @@ def block_all(mask: Mask, factor: int) -> Mask:
     return result
 
 
+def nan_block_mean64(values: npt.NDArray[np.floating], factor: int) -> npt.NDArray[np.float64]:
+    """The mean of the valid pixels of each factor x factor block, NaN where there are none."""
+    rows, cols = values.shape[0] // factor, values.shape[1] // factor
+    blocks = values[: rows * factor, : cols * factor].reshape(rows, factor, cols, factor)
+    valid = ~np.isnan(blocks)
+    counts = valid.sum(axis=(1, 3))
+    sums = np.where(valid, blocks, 0.0).sum(axis=(1, 3), dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean: npt.NDArray[np.float64] = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+    return mean
+
+
 def nan_block_mean(values: npt.NDArray[np.floating], factor: int) -> npt.NDArray[np.float32]:
     rows, cols = values.shape[0] // factor, values.shape[1] // factor
     blocks = values[: rows * factor, : cols * factor].reshape(rows, factor, cols, factor)
@@ -111,6 +126,19 @@ class _Band:
 
     def nodata_value(self) -> Any:
         return np.nan if self.is_float else self.fill
+
+    def value_mismatches(
+        self, decoded: npt.NDArray[np.floating], reference: npt.NDArray[np.floating]
+    ) -> int:
+        """Pixels valid in both whose decoded value is off the float-mode reference by more
+        than half a step of this band's encoding (float32 rounding for a float band)."""
+        both = ~np.isnan(decoded) & ~np.isnan(reference)
+        half_step = 0.0 if self.is_float else abs(self.scale) / 2
+        # float32 carries about 7 significant digits: the library averages in float32.
+        tolerance = half_step * (1 + 1e-4) + 1e-6 * np.maximum(np.abs(reference), 1.0)
+        with np.errstate(invalid="ignore"):
+            off = both & (np.abs(decoded - reference) > tolerance)
+        return int(off.sum())
 
     def decoded(self, values: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
         mask = self.nodata(values)
@@ -192,6 +220,8 @@ class OutputChecker:
         self.report = CheckReport(native_mode=native_mode)
         # Expected nodata masks of the levels that later levels derive from.
         self.expected: dict[str, dict[str, Mask]] = {}
+        # Float-mode reflectance (unrounded) of the last derived level, per band.
+        self.reference: dict[str, dict[str, npt.NDArray[np.float64]]] = {}
         self.modified: dict[str, set[str]] = {}
         source_refl = source[REFLECTANCE]
         self.native = [lvl for lvl in NATIVE_LEVELS if lvl in source_refl]
@@ -449,20 +479,24 @@ class OutputChecker:
         source_band = _Band(src)
         windows = self._native_windows(src, out, keep_mask, salt, level, name)
 
-        def compare(window: tuple[slice, slice]) -> tuple[int, Mask | None, Mask]:
-            src_mask = source_band.nodata(src[window])
-            out_mask = band.nodata(out[window])
+        def compare(window: tuple[slice, slice]) -> tuple[int, Mask | None, Mask, int]:
+            src_values = src[window]
+            out_values = out[window]
+            src_mask = source_band.nodata(src_values)
+            out_mask = band.nodata(out_values)
             lost = int((~src_mask & out_mask).sum())
             wrong = src_mask & ~out_mask
-            return lost, (wrong if wrong.any() else None), src_mask
+            off = band.value_mismatches(band.decoded(out_values), source_band.decoded(src_values))
+            return lost, (wrong if wrong.any() else None), src_mask, off
 
         results = list(pool.map(compare, windows))
         lost = sum(r[0] for r in results)
         if lost:
             self.problem(f"{level}/{name}: {lost} pixels are nodata where the source has data")
+        self._report_values(level, name, sum(r[3] for r in results))
         fixed = 0
         # Repairs are rare; apply them one window at a time (windows may share out chunks).
-        for window, (_, wrong, _) in zip(windows, results, strict=True):
+        for window, (_, wrong, _, _) in zip(windows, results, strict=True):
             if wrong is not None:
                 values = out[window]
                 values[wrong] = band.nodata_value()
@@ -474,7 +508,7 @@ class OutputChecker:
         if not keep_mask:
             return None
         mask = np.zeros(src.shape, dtype=bool)
-        for window, (_, _, src_mask) in zip(windows, results, strict=True):
+        for window, (_, _, src_mask, _) in zip(windows, results, strict=True):
             mask[window] = src_mask
         return mask
 
@@ -520,6 +554,8 @@ class OutputChecker:
         out_bands = _bands(out_refl[level])
         parent_expected = self.expected.get(parent, {})
         expected: dict[str, Mask] = {}
+        parent_references = self.reference.get(parent, {})
+        references: dict[str, npt.NDArray[np.float64]] = {}
         for name in sorted(parent_bands):
             if name not in out_bands:
                 self.problem(f"{level}: band {name} is missing")
@@ -533,8 +569,44 @@ class OutputChecker:
                 self._recompute(parent_bands[name], out, factor, level, name)
             self._compare_and_repair(level, name, out, mask)
             expected[name] = mask
+            parent_reference = parent_references.get(name)
+            if parent_reference is None:
+                parent_reference = self._native_reference(parent, name, parent_bands[name])
+            reference = nan_block_mean64(parent_reference, factor)[: out.shape[0], : out.shape[1]]
+            band = _Band(out)
+            self._report_values(level, name, band.value_mismatches(band.decoded(out[:]), reference))
+            references[name] = reference
             self.report.arrays_checked += 1
         self.expected[level] = expected
+        self.reference = {level: references}
+
+    def _native_reference(self, level: str, name: str, stored: Any) -> npt.NDArray[np.float64]:
+        """The float-mode reflectance of a band at a native level: the source decoded, or,
+        for a band the library injects there, the nan-mean of the finer source band's
+        blocks (the stored band is rounded to its encoding; the float chain is not)."""
+        source_bands = _bands(self.source[REFLECTANCE][level])
+        if name in source_bands:
+            src = source_bands[name]
+            return _Band(src).decoded(src[:])
+        injected = self._injected_source(self.source[REFLECTANCE], level, name)
+        if injected is None:
+            return _Band(stored).decoded(stored[:])
+        src, factor = injected
+        band = _Band(src)
+        usable = src.shape[0] - src.shape[0] % factor
+        step = max(src.chunks[0] // factor, 1) * factor
+        parts = [
+            nan_block_mean64(band.decoded(src[start : min(start + step, usable), :]), factor)
+            for start in range(0, usable, step)
+        ]
+        return np.concatenate(parts)[: stored.shape[0], : stored.shape[1]]
+
+    def _report_values(self, level: str, name: str, off: int) -> None:
+        if off:
+            self.problem(
+                f"{level}/{name}: {off} pixels differ from the float-mode reflectance by more "
+                "than half a step of their encoding"
+            )
 
     def _recompute(self, parent: Any, out: Any, factor: int, level: str, name: str) -> None:
         """Average a level again from its repaired parent (the library averaged bad values)."""

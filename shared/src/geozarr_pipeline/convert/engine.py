@@ -40,6 +40,8 @@ class EffectiveOptions:
     spatial_chunk: int
     enable_sharding: bool
     keep_scale_offset: bool
+    # Side of a shard in pixels when sharding, rounded down to whole inner chunks.
+    shard_size: int = 4096
 
     @classmethod
     def resolve(cls, options: ConversionOptions, settings: Settings) -> EffectiveOptions:
@@ -56,6 +58,7 @@ class EffectiveOptions:
                 if options.keep_scale_offset is None
                 else options.keep_scale_offset
             ),
+            shard_size=options.shard_size or settings.shard_size,
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -63,6 +66,7 @@ class EffectiveOptions:
             "spatial_chunk": self.spatial_chunk,
             "enable_sharding": self.enable_sharding,
             "keep_scale_offset": self.keep_scale_offset,
+            **({"shard_size": self.shard_size} if self.enable_sharding else {}),
         }
 
 
@@ -78,6 +82,7 @@ _library: Library | None = None
 _on_group_written: ContextVar[Callable[[str], None] | None] = ContextVar(
     "on_group_written", default=None
 )
+_shard_size: ContextVar[int | None] = ContextVar("shard_size", default=None)
 
 
 def _refuse_network(*args: Any, **kwargs: Any) -> Any:
@@ -133,6 +138,114 @@ def _instrument(module: Any) -> None:
     module.stream_write_dataset = stream_write_dataset
 
 
+def is_unscaled_integer(variable: Any) -> bool:
+    """An integer array stored without CF scaling: classes, flags or raw counts (SCL,
+    detector footprints, quality masks, the atmosphere's DN), which float mode has no reason
+    to decode. Reflectance is stored as scaled integers."""
+    import numpy as np
+
+    scaled = any(
+        key in variable.encoding or key in variable.attrs for key in ("scale_factor", "add_offset")
+    )
+    return bool(np.issubdtype(variable.dtype, np.integer)) and not scaled
+
+
+def bounded_shards(
+    shards: tuple[int, ...] | None, chunks: tuple[int, ...], limit: int
+) -> tuple[int, ...] | None:
+    """Shards of at most `limit` pixels a side (whole inner chunks, at least one), never
+    larger than the library's one-shard-per-array choice."""
+    if shards is None:
+        return None
+    return tuple(
+        min(shard, max(chunk, limit // chunk * chunk))
+        for shard, chunk in zip(shards, chunks, strict=True)
+    )
+
+
+def _instrument_encoding(module: Any) -> None:
+    """Wrap the library's `create_uniform_encoding` (eopf-geozarr 0.12.0,
+    s2_optimization/s2_multiscale.py) for two changes of its output:
+
+    - Classes stay classes: in float mode the library casts every array of a group to
+      float32 with NaN fill, masks and the scene classification included. Unscaled integer
+      variables (`is_unscaled_integer`) are encoded as in keep_scale_offset mode instead:
+      their source dtype and fill value.
+    - Bounded shards: the library makes one shard of each whole array, and its writer
+      rechunks the dask graph to the shard, so a 10980^2 band is one task holding the whole
+      array. Shards are capped at the conversion's shard size (`_shard_size`), a whole
+      number of inner chunks, so each write task holds one shard.
+    """
+    original = module.create_uniform_encoding
+    if getattr(original, "_geozarr_pipeline_encoding", False):
+        return
+
+    @functools.wraps(original)
+    def create_uniform_encoding(dataset: Any, **kwargs: Any) -> dict[str, Any]:
+        keep = bool(kwargs.pop("keep_scale_offset", True))
+        names = [str(name) for name in dataset.data_vars]
+        categorical = [name for name in names if not keep and is_unscaled_integer(dataset[name])]
+        encoding: dict[str, Any]
+        if not categorical or len(categorical) == len(names):
+            encoding = original(dataset, keep_scale_offset=keep or bool(categorical), **kwargs)
+        else:
+            encoding = {}
+            for subset, keep_subset in (
+                (categorical, True),
+                ([n for n in names if n not in categorical], keep),
+            ):
+                part = dataset[subset]
+                encoding.update(original(part, keep_scale_offset=keep_subset, **kwargs))
+                # The library casts and re-attributes the variables of the dataset it is given.
+                for name in subset:
+                    dataset[name] = part[name]
+                    dataset[name].encoding = part[name].encoding
+                for coord in part.coords:
+                    dataset.coords[coord].attrs = part.coords[coord].attrs
+        limit = _shard_size.get()
+        if limit is not None:
+            for name in names:
+                var_encoding = encoding[name]
+                var_encoding["shards"] = bounded_shards(
+                    var_encoding.get("shards"), tuple(var_encoding["chunks"]), limit
+                )
+        return encoding
+
+    create_uniform_encoding._geozarr_pipeline_encoding = True  # type: ignore[attr-defined]
+    module.create_uniform_encoding = create_uniform_encoding
+
+
+def _instrument_coarsening(module: Any) -> None:
+    """Average decoded reflectance over the valid pixels of each block, nothing else.
+
+    eopf-geozarr 0.12.0's `_coarsen_variable` (s2_optimization/s2_multiscale.py), used for
+    the injected bands (b08 in r20m/r60m) and every level from r120m on, masks the decoded
+    band against its *encoding* `_FillValue` (the raw DN 0), averages and then `fillna`s
+    with it: a block with no data becomes 0.0 (float mode) or 0.0 re-encoded as DN 1000
+    (keep_scale_offset), and a valid pixel whose reflectance is exactly 0.0 is left out of
+    its block's mean. The data it gets is already decoded, NaN for nodata, so a NaN-skipping
+    mean is the whole job; the encoding (and with it the CF packing of the written level)
+    is kept. Other variables (integers, classes) go to the library's own dispatch.
+    """
+    original = module._coarsen_variable
+    if getattr(original, "_geozarr_pipeline_coarsening", False):
+        return
+
+    @functools.wraps(original)
+    def _coarsen_variable(var_name: str, var_data: Any, factor: int) -> Any:
+        import numpy as np
+
+        if not np.issubdtype(var_data.dtype, np.floating):
+            return original(var_name, var_data, factor)
+        coarsened = var_data.coarsen({"x": factor, "y": factor}, boundary="trim")
+        result = coarsened.mean(skipna=True).astype(var_data.dtype)
+        result.encoding = var_data.encoding
+        return result
+
+    _coarsen_variable._geozarr_pipeline_coarsening = True  # type: ignore[attr-defined]
+    module._coarsen_variable = _coarsen_variable
+
+
 def load_library() -> Library:
     """Import eopf-geozarr once per process, never touching the network."""
     global _library
@@ -145,6 +258,8 @@ def load_library() -> Library:
                 from eopf_geozarr.s2_optimization.s2_converter import convert_s2_optimized
             _route_structlog()
             _instrument(s2_multiscale)
+            _instrument_encoding(s2_multiscale)
+            _instrument_coarsening(s2_multiscale)
             _library = Library(
                 open_source_datatree=open_source_datatree,
                 convert_s2_optimized=convert_s2_optimized,
@@ -244,23 +359,6 @@ def _is_network_error(exc: BaseException) -> bool:
     )
 
 
-def avoid_injected_band_defect(tree: Any) -> None:
-    """Stop eopf-geozarr 0.12.0 from writing 0.0 into the injected b08's nodata (float mode).
-
-    When it injects b08 into r20m/r60m, `_coarsen_variable` masks the decoded band against
-    its *encoding* `_FillValue` (the raw DN 0), averages with skipna and then `fillna(0)`:
-    blocks with no data become 0.0 instead of NaN, and r120m+ average those zeros in. The
-    decoded data already carries NaN for nodata, so without the stale encoding entry the
-    library takes its plain nan-mean path. Float mode drops `_FillValue` from the output
-    encoding anyway, so nothing else changes. The output check still verifies the result.
-    """
-    for path in tree.groups:
-        if path.startswith("/measurements/reflectance/"):
-            node = tree[path]
-            for name in node.data_vars:
-                node[name].encoding.pop("_FillValue", None)
-
-
 def convert(
     tree: Any,
     write_url: str,
@@ -270,9 +368,8 @@ def convert(
 ) -> None:
     """Run `convert_s2_optimized` into `write_url` (a fresh, empty location)."""
     library = load_library()
-    if not options.keep_scale_offset:
-        avoid_injected_band_defect(tree)
     token = _on_group_written.set(on_group_written)
+    shard_token = _shard_size.set(options.shard_size if options.enable_sharding else None)
     try:
         with output_environment(settings, write_url), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Consolidated metadata is currently not")
@@ -294,4 +391,5 @@ def convert(
             raise TransientError(f"network error during conversion: {exc}") from exc
         raise
     finally:
+        _shard_size.reset(shard_token)
         _on_group_written.reset(token)
