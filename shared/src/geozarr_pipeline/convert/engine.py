@@ -120,18 +120,37 @@ def _route_structlog() -> None:
     )
 
 
+# The levels eopf-geozarr 0.12.0 derives further levels from (r60m -> r120m -> r360m ->
+# r720m, `create_multiscale_from_datatree` in s2_optimization/s2_multiscale.py).
+PYRAMID_PARENTS = frozenset(
+    f"/measurements/reflectance/{level}" for level in ("r60m", "r120m", "r360m")
+)
+
+
 def _instrument(module: Any) -> None:
-    """Report each group the library finishes writing (wraps `stream_write_dataset`)."""
+    """Wrap the library's `stream_write_dataset` to report each group it finishes writing,
+    and to keep the levels that coarser levels derive from in memory.
+
+    The library hands the *lazy* dataset it wrote to the next level, so every coarser level
+    computes its parents again from the source: the r10m b08 that the library injects into
+    r60m was decoded and averaged once for r60m and once more for each of r120m, r360m and
+    r720m. A parent level is small (12 bands of 1830^2 at most), so it is computed once,
+    written from memory and handed on computed. Its values are the unrounded ones the lazy
+    chain had, so integer mode still rounds each level once, from the float-mode means.
+    """
     original = module.stream_write_dataset
     if getattr(original, "_geozarr_pipeline_progress", False):
         return
 
     @functools.wraps(original)
     def stream_write_dataset(dataset: Any, *args: Any, **kwargs: Any) -> Any:
+        path = str(kwargs.get("path", ""))
+        if path in PYRAMID_PARENTS:
+            dataset = dataset.persist()
         result = original(dataset, *args, **kwargs)
         callback = _on_group_written.get()
         if callback is not None:
-            callback(str(kwargs.get("path", "")))
+            callback(path)
         return result
 
     stream_write_dataset._geozarr_pipeline_progress = True  # type: ignore[attr-defined]
