@@ -174,7 +174,12 @@ def copy_floor(library: Any, product: Path, output: Path, chunk: int, *, native:
     import numpy as np
     from zarr.codecs import BloscCodec
 
-    tree = library.open_source_datatree(str(product))
+    from geozarr_pipeline.config import Settings
+    from geozarr_pipeline.convert.engine import open_source
+
+    # Opened as the stage opens it (single-precision decoding), so that the floor is the
+    # cheapest copy of the same arrays, not one the stage beats by decoding differently.
+    tree = open_source(str(product), Settings())
     compressor = BloscCodec(cname="zstd", clevel=3, shuffle="shuffle", blocksize=0)
     for path in tree.groups:
         node = tree[path]

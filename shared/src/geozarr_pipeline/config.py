@@ -34,10 +34,11 @@ class Settings(BaseSettings):
     allowed_hosts: list[str] = Field(default_factory=list)
     http_timeout_seconds: float = 30.0
 
-    # Conversion defaults, overridable per event.
+    # Conversion defaults, overridable per event (benchmarks/convert/RESULTS.md): integer
+    # reflectance with its CF scale/offset/_FillValue, 1024 chunks in 4096 shards.
     spatial_chunk: int = 1024
-    enable_sharding: bool = False
-    keep_scale_offset: bool = False
+    enable_sharding: bool = True
+    keep_scale_offset: bool = True
     # Side of a shard in pixels (whole inner chunks of spatial_chunk) when sharding.
     shard_size: int = Field(default=4096, ge=64, le=32768)
     work_dir: Path = Path("data/work")

@@ -47,9 +47,10 @@ def assert_complete_store(
     output = zarr.open_group(done.output_url, mode="r+", storage_options=storage_options)
     report = check.check_and_repair_output(source, output)
     assert report.repaired == []
-    # The injected b08 carries NaN (not the library's 0.0) where the source has no data.
+    # The injected b08 decodes to NaN (not the library's 0.0 or DN 1000) where the source
+    # has no data.
     expected = check.block_all(source[f"{REFL}/r10m/b08"][:] == 0, 2)
-    np.testing.assert_array_equal(np.isnan(output[f"{REFL}/r20m/b08"][:]), expected)
+    np.testing.assert_array_equal(np.isnan(tree[f"/{REFL}/r20m"]["b08"].values), expected)
 
 
 def test_item_source_to_filesystem_then_noop_redelivery_then_force(
@@ -84,8 +85,9 @@ def test_item_source_to_filesystem_then_noop_redelivery_then_force(
     assert marker["done"] == done.model_dump(mode="json")
     assert marker["options"] == {
         "spatial_chunk": 1024,
-        "enable_sharding": False,
-        "keep_scale_offset": False,
+        "enable_sharding": True,
+        "shard_size": 4096,
+        "keep_scale_offset": True,
     }
     assert marker["check"]["repaired"] == []  # the b08 defect is avoided, and checked
     assert list(location.staging_folder.iterdir()) == []

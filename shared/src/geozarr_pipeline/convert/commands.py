@@ -25,6 +25,7 @@ def register(subparsers: SubParsers) -> None:
     parser.add_argument(
         "--sharding", action=argparse.BooleanOptionalAction, default=None, dest="sharding"
     )
+    parser.add_argument("--shard-size", type=int, default=None, help="pixels a side of a shard")
     parser.add_argument("--keep-scale-offset", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument("--force", action="store_true", help="convert again even if done")
     parser.set_defaults(func=_convert)
@@ -48,6 +49,7 @@ def _convert(args: argparse.Namespace) -> int:
             options={
                 "spatial_chunk": args.spatial_chunk,
                 "enable_sharding": args.sharding,
+                "shard_size": args.shard_size,
                 "keep_scale_offset": args.keep_scale_offset,
                 "force": args.force,
             },

@@ -234,6 +234,19 @@ def _instrument_encoding(module: Any) -> None:
     module.create_uniform_encoding = create_uniform_encoding
 
 
+def nan_mean_of_blocks(values: Any, axis: tuple[int, ...]) -> Any:
+    """The mean of the non-NaN values along `axis`, NaN where there are none: one pass over
+    the block (dask's nanmean makes a sum and a count pass and copies the input), summed in
+    float64."""
+    import numpy as np
+
+    valid = ~np.isnan(values)
+    counts = valid.sum(axis=axis)
+    sums = np.where(valid, values, 0).sum(axis=axis, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+
+
 def _instrument_coarsening(module: Any) -> None:
     """Average decoded reflectance over the valid pixels of each block, nothing else.
 
@@ -257,7 +270,7 @@ def _instrument_coarsening(module: Any) -> None:
         if not np.issubdtype(var_data.dtype, np.floating):
             return original(var_name, var_data, factor)
         coarsened = var_data.coarsen({"x": factor, "y": factor}, boundary="trim")
-        result = coarsened.mean(skipna=True).astype(var_data.dtype)
+        result = coarsened.reduce(nan_mean_of_blocks).astype(var_data.dtype)
         result.encoding = var_data.encoding
         return result
 
@@ -358,9 +371,12 @@ def open_source(zarr_url: str, settings: Settings) -> Any:
     """Open the source product as a lazy DataTree on its native chunk grid."""
     library = load_library()
     try:
-        return library.open_source_datatree(
-            local_path(zarr_url), storage_options=storage_options(zarr_url, settings)
+        packed = library.open_source_datatree(
+            local_path(zarr_url),
+            storage_options=storage_options(zarr_url, settings),
+            mask_and_scale=False,
         )
+        return decoded_in_single_precision(packed)
     except FileNotFoundError as exc:
         raise SourceNotFound(f"cannot open the product {zarr_url}: {exc}") from exc
     except Exception as exc:
@@ -369,6 +385,47 @@ def open_source(zarr_url: str, settings: Settings) -> Any:
         if type(exc).__name__ in ("GroupNotFoundError", "NodeNotFoundError"):
             raise SourceNotFound(f"no Zarr product at {zarr_url}: {exc}") from exc
         raise
+
+
+def decoded_in_single_precision(tree: Any) -> Any:
+    """CF-decode a tree opened packed (`mask_and_scale=False`), 8- and 16-bit integers with a
+    scale or offset to float32 instead of float64.
+
+    xarray decodes to the type of `scale_factor`, and a Zarr attribute is a JSON number, so
+    uint16 reflectance becomes float64: twice the memory of every decoded source chunk (a
+    5490^2 chunk of the real product is 241 MB) and twice the bytes for every operation,
+    only to be cast to float32 (float mode) or rounded back to uint16 (integer mode).
+    float32 holds every 16-bit DN * scale + offset to about 1e-8, far below half a DN step,
+    so nothing either mode writes changes beyond float32 rounding.
+    """
+    import numpy as np
+    import xarray as xr
+
+    for node in tree.subtree:
+        dataset = node.to_dataset(inherit=False)
+        if not dataset.variables:
+            continue
+        written: dict[tuple[str, str], float] = {}
+        for name, variable in dataset.variables.items():
+            small_integer = variable.dtype.kind in "iu" and variable.dtype.itemsize <= 2
+            for key in ("scale_factor", "add_offset"):
+                value = variable.attrs.get(key)
+                if small_integer and isinstance(value, float):
+                    written[str(name), key] = value
+                    variable.attrs[key] = np.float32(value)
+        decoded = xr.decode_cf(
+            dataset,
+            mask_and_scale=True,
+            decode_times=False,
+            decode_coords=False,
+            concat_characters=False,
+            decode_timedelta=False,
+        )
+        # Integer mode writes the encoding back: the source's own values, not their float32.
+        for (name, key), value in written.items():
+            decoded[name].encoding[key] = value
+        node.dataset = decoded
+    return tree
 
 
 def _is_network_error(exc: BaseException) -> bool:
