@@ -204,5 +204,16 @@ def test_scale_offset_and_nodata_come_from_the_array() -> None:
         "raster:scale": 0.0001,
         "raster:offset": -0.1,
     }
-    floats = ZarrNode("x", {"node_type": "array", "data_type": "float32", "fill_value": "NaN"})
+    floats = ZarrNode(
+        "x",
+        {
+            "node_type": "array",
+            "data_type": "float32",
+            "fill_value": "NaN",
+            "attributes": {"_FillValue": "AAAAAAAA+H8="},
+        },
+    )
     assert raster_fields(floats) == {"data_type": "float32", "nodata": "nan"}
+    # A class map without a CF _FillValue: its Zarr fill value 0 is a class, not nodata.
+    classes = ZarrNode("scl", {"node_type": "array", "data_type": "uint8", "fill_value": 0})
+    assert raster_fields(classes) == {"data_type": "uint8"}

@@ -1,9 +1,12 @@
 """The registered item built with pystac against the one from before the move, field by field.
 
 Both are built from the inputs of `golden.py`: the "before" JSON by the code of commit 768a44e,
-the "after" item here by the current register stage. The only difference allowed is one
-issue 13 makes on purpose: a bbox that contradicted its geometry is recomputed (the EOPF
-product's own bbox has west > east for a scene nowhere near the antimeridian).
+the "after" item here by the current register stage. The only differences allowed are
+those made on purpose: a bbox that contradicted its geometry is recomputed (the EOPF
+product's own bbox has west > east for a scene nowhere near the antimeridian, issue 13); and
+arrays that the source stores as integers without CF scaling (the scene classification, the
+cloud and snow probabilities, AOT and WVP) keep their integer type instead of the library's
+float32, without a nodata they never declared (issue 11).
 """
 
 from __future__ import annotations
@@ -26,7 +29,11 @@ from tests.shared.register.golden import (
 
 DATA = Path(__file__).parent / "data"
 # Paths allowed to differ, by case: what the issue changes on purpose.
-INTENDED = {"l2a-zarr": {"bbox/0", "bbox/2"}}
+UNSCALED_INTEGER_ASSETS = ("AOT_244m", "WVP_244m", "SCL_488m", "CLD_488m", "SNW_488m")
+KEPT_INTEGERS = {
+    f"assets/{key}/{field}" for key in UNSCALED_INTEGER_ASSETS for field in ("data_type", "nodata")
+}
+INTENDED = {"l2a": KEPT_INTEGERS, "l2a-zarr": {"bbox/0", "bbox/2"} | KEPT_INTEGERS}
 
 
 def differences(before: Any, after: Any, path: str = "") -> list[str]:
@@ -73,6 +80,10 @@ def test_registered_item_is_the_one_from_before(
     assert [d for d in found if d.split(":", 1)[0] not in intended] == []
     assert {d.split(":", 1)[0] for d in found} == intended
     assert after["bbox"] == geometry_bbox(after["geometry"])
+    for key in UNSCALED_INTEGER_ASSETS:
+        if key in after["assets"]:
+            assert after["assets"][key]["data_type"] in ("uint8", "uint16")
+            assert "nodata" not in after["assets"][key]
 
 
 def test_the_recomputed_bbox_was_one_that_contradicted_the_geometry() -> None:

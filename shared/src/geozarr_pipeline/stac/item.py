@@ -165,11 +165,15 @@ def _fill_value(node: ZarrNode) -> float | int | str | None:
 
 
 def raster_fields(node: ZarrNode) -> dict[str, Any]:
-    """data_type, nodata and scale/offset of an array, from its own metadata."""
+    """data_type, nodata and scale/offset of an array, from its own metadata.
+
+    nodata only where the array declares a CF `_FillValue`: that is what clients mask
+    (xarray ignores a Zarr v3 `fill_value` without it). A class map or a probability written
+    without one has no nodata; its fill value 0 is a class or 0 %, not "no data"."""
     fields: dict[str, Any] = {}
     if node.data_type:
         fields["data_type"] = node.data_type
-    nodata = _fill_value(node)
+    nodata = _fill_value(node) if "_FillValue" in node.attributes else None
     if nodata is not None:
         fields["nodata"] = nodata
     scale = node.attributes.get("scale_factor")
