@@ -7,9 +7,13 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
+import zarr
+
 from geozarr_pipeline.config import Settings
-from geozarr_pipeline.convert.engine import EffectiveOptions
+from geozarr_pipeline.convert.engine import EffectiveOptions, is_unscaled_integer, open_source
 from geozarr_pipeline.events import ConversionOptions
+from tests.fixtures.sample import SampleRoot
 
 # Runs in a fresh interpreter: every outbound connection attempt is recorded and refused.
 PROBE = textwrap.dedent(
@@ -71,5 +75,33 @@ def test_event_options_override_settings() -> None:
     assert EffectiveOptions.resolve(ConversionOptions(), settings) == EffectiveOptions(
         1024, False, False
     )
-    overridden = ConversionOptions(spatial_chunk=512, enable_sharding=True, keep_scale_offset=True)
-    assert EffectiveOptions.resolve(overridden, settings) == EffectiveOptions(512, True, True)
+    overridden = ConversionOptions(
+        spatial_chunk=512, enable_sharding=True, keep_scale_offset=True, shard_size=2048
+    )
+    assert EffectiveOptions.resolve(overridden, settings) == EffectiveOptions(512, True, True, 2048)
+    assert EffectiveOptions.resolve(overridden, settings).as_dict()["shard_size"] == 2048
+    assert "shard_size" not in EffectiveOptions(1024, False, True).as_dict()
+
+
+def test_the_source_is_decoded_in_single_precision_with_its_own_encoding(
+    sample_root: SampleRoot,
+) -> None:
+    path = sample_root.l2a.product_path
+    tree = open_source(str(path), Settings())
+    source = zarr.open_group(str(path), mode="r")
+    b02 = tree["/measurements/reflectance/r10m"]["b02"]
+    assert b02.dtype == np.float32
+    raw = source["measurements/reflectance/r10m/b02"]
+    # The encoding integer mode writes back is the source's, exactly.
+    assert b02.encoding["scale_factor"] == raw.attrs["scale_factor"]
+    assert b02.encoding["add_offset"] == raw.attrs["add_offset"]
+    assert type(b02.encoding["scale_factor"]) is float
+    values, dn = b02.values, raw[:]
+    np.testing.assert_array_equal(np.isnan(values), dn == 0)
+    expected = dn.astype(np.float64) * raw.attrs["scale_factor"] + raw.attrs["add_offset"]
+    valid = dn != 0
+    assert np.abs(values[valid] - expected[valid]).max() < 1e-6
+    scl = tree["/conditions/mask/l2a_classification/r20m"]["scl"]
+    assert scl.dtype == np.uint8
+    assert is_unscaled_integer(scl)
+    assert not is_unscaled_integer(b02)

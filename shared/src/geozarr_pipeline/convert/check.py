@@ -603,8 +603,10 @@ class OutputChecker:
             expected[name] = mask
             parent_reference = parent_references.get(name)
             if parent_reference is None:
-                parent_reference = self._native_reference(parent, name, parent_bands[name])
-            reference = nan_block_mean64(parent_reference, factor)[: out.shape[0], : out.shape[1]]
+                reference = self._reference_from_native(parent, name, parent_bands[name], factor)
+            else:
+                reference = nan_block_mean64(parent_reference, factor)
+            reference = reference[: out.shape[0], : out.shape[1]]
             band = _Band(out)
             self._report_values(level, name, band.value_mismatches(band.decoded(out[:]), reference))
             references[name] = reference
@@ -612,14 +614,22 @@ class OutputChecker:
         self.expected[level] = expected
         self.reference = {level: references}
 
-    def _native_reference(self, level: str, name: str, stored: Any) -> npt.NDArray[np.float64]:
-        """The float-mode reflectance of a band at a native level: the source decoded, or,
-        for a band the library injects there, the nan-mean of the finer source band's
-        blocks (the stored band is rounded to its encoding; the float chain is not)."""
+    def _reference_from_native(
+        self, level: str, name: str, stored: Any, factor: int
+    ) -> npt.NDArray[np.float64]:
+        """The float-mode reflectance of a level derived by `factor` from a native level:
+        the block means of the source band, or of the float-mode values of a band the
+        library injects into the native level (the stored band is rounded to its encoding;
+        the float chain is not)."""
         source_bands = _bands(self.source[REFLECTANCE][level])
         if name in source_bands:
             src = source_bands[name]
-            return _Band(src).decoded(src[:])
+            return _Band(src).block_mean(src[:], factor)
+        return nan_block_mean64(self._native_reference(level, name, stored), factor)
+
+    def _native_reference(self, level: str, name: str, stored: Any) -> npt.NDArray[np.float64]:
+        """The float-mode values of a band the library injects into a native level: the
+        nan-mean of the finer source band's blocks."""
         injected = self._injected_source(self.source[REFLECTANCE], level, name)
         if injected is None:
             return _Band(stored).decoded(stored[:])

@@ -1,4 +1,5 @@
-"""The eopf-geozarr call: imported lazily, without its import-time network fetch.
+"""The eopf-geozarr call: imported lazily, without its import-time network fetch, with the
+library's defects and waste fixed where they arise.
 
 Importing `eopf_geozarr` downloads the CF standard-name table from GitHub with no timeout
 (`eopf_geozarr.data_api.geozarr.common`); with egress dropped that hangs a cold start. The
@@ -6,6 +7,13 @@ first conversion imports the library with `urllib.request.urlopen` refusing ever
 so the module falls back to its documented "validation off" branch at once. The library's
 only use of the table is `check_standard_name` in its pydantic models, which S2 conversion
 does not depend on.
+
+On import, three functions of eopf-geozarr 0.12.0's `s2_optimization/s2_multiscale.py` are
+wrapped (each wrapper says why): `stream_write_dataset` (progress, and pyramid parents
+computed once), `create_uniform_encoding` (integers without CF scaling keep their dtype,
+bounded shards) and `_coarsen_variable` (a plain nan-mean of the decoded band). The source
+is decoded to float32 (`decoded_in_single_precision`). The output check (check.py) proves
+the result against the source whatever the library does.
 """
 
 from __future__ import annotations
@@ -203,15 +211,15 @@ def _instrument_encoding(module: Any) -> None:
     def create_uniform_encoding(dataset: Any, **kwargs: Any) -> dict[str, Any]:
         keep = bool(kwargs.pop("keep_scale_offset", True))
         names = [str(name) for name in dataset.data_vars]
-        categorical = [name for name in names if not keep and is_unscaled_integer(dataset[name])]
+        unscaled = [name for name in names if not keep and is_unscaled_integer(dataset[name])]
         encoding: dict[str, Any]
-        if not categorical or len(categorical) == len(names):
-            encoding = original(dataset, keep_scale_offset=keep or bool(categorical), **kwargs)
+        if not unscaled or len(unscaled) == len(names):
+            encoding = original(dataset, keep_scale_offset=keep or bool(unscaled), **kwargs)
         else:
             encoding = {}
             for subset, keep_subset in (
-                (categorical, True),
-                ([n for n in names if n not in categorical], keep),
+                (unscaled, True),
+                ([n for n in names if n not in unscaled], keep),
             ):
                 part = dataset[subset]
                 encoding.update(original(part, keep_scale_offset=keep_subset, **kwargs))
