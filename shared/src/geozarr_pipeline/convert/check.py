@@ -86,14 +86,7 @@ def nan_block_mean64(values: npt.NDArray[np.floating], factor: int) -> npt.NDArr
 
 
 def nan_block_mean(values: npt.NDArray[np.floating], factor: int) -> npt.NDArray[np.float32]:
-    rows, cols = values.shape[0] // factor, values.shape[1] // factor
-    blocks = values[: rows * factor, : cols * factor].reshape(rows, factor, cols, factor)
-    valid = ~np.isnan(blocks)
-    counts = valid.sum(axis=(1, 3))
-    sums = np.where(valid, blocks, 0.0).sum(axis=(1, 3), dtype=np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
-    result: npt.NDArray[np.float32] = mean.astype(np.float32)
+    result: npt.NDArray[np.float32] = nan_block_mean64(values, factor).astype(np.float32)
     return result
 
 
