@@ -99,8 +99,9 @@ def request(client: TestClient, url: str) -> tuple[float, Any]:
 
 
 def build_store(args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
-    from eopf_geozarr.conversion import open_source_datatree
-    from eopf_geozarr.s2_optimization.s2_converter import convert_s2_optimized
+    from geozarr_pipeline.config import Settings
+    from geozarr_pipeline.convert import engine
+    from geozarr_pipeline.events import ConversionOptions
 
     stores = sorted((args.out / "geozarr").glob("*/*.zarr"))
     items = sorted((args.out / "sample").glob("items/*/*.json"))
@@ -114,14 +115,13 @@ def build_store(args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
     store = args.out / "geozarr" / sample.collection / f"{sample.item_id}.zarr"
     if not store.exists():
         started = time.perf_counter()
-        convert_s2_optimized(
-            open_source_datatree(str(sample.product_path)),
-            output_path=str(store),
-            spatial_chunk=1024,
-            enable_sharding=False,
-            compression_level=3,
-            validate_output=False,
-            keep_scale_offset=False,
+        # The stage's conversion at its defaults (integer reflectance, 1024 in 4096 shards).
+        settings = Settings()
+        engine.convert(
+            engine.open_source(str(sample.product_path), settings),
+            str(store),
+            engine.EffectiveOptions.resolve(ConversionOptions(), settings),
+            settings,
         )
         print(f"convert: {time.perf_counter() - started:.1f} s", flush=True)
     return store, source
