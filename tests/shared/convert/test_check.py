@@ -100,28 +100,29 @@ def test_float_b08_defect_is_repaired(
     assert again.repaired == []
 
 
-def test_packed_dn1000_defect_fails_on_the_means_it_spoils(
+def test_packed_dn1000_defect_and_the_means_it_spoils_are_repaired(
     sample_root: SampleRoot, raw_packed: Path, tmp_path: Path
 ) -> None:
     """The library's own keep_scale_offset output: nodata blocks of r120m become DN 1000
-    (decoded 0.0), and r360m averages those into its edge blocks. The nodata pattern alone
-    can be repaired; the spoilt means cannot, and the value check says where."""
+    (decoded 0.0), and r360m averages those into its edge blocks. The check rewrites the
+    nodata and writes the spoilt levels again from the float-mode means."""
     store = copy_of(raw_packed, tmp_path)
     out = zarr.open_group(str(store), mode="r")
     b02_120 = out[f"{REFL}/r120m/b02"]
     expected = check.block_all(source_nodata(sample_root, "r60m", "b02"), 2)
     expected = expected[: b02_120.shape[0], : b02_120.shape[1]]
     assert (b02_120[:][expected] == 1000).all()
+    spoilt = out[f"{REFL}/r360m/b02"][:]
 
-    with pytest.raises(OutputCheckFailed) as failed:
-        run_check(sample_root, store)
-    problems = failed.value.details["problems"]
-    assert any(
-        p.startswith("r360m/b02") and "differ from the float-mode reflectance" in p
-        for p in problems
-    )
+    report = run_check(sample_root, store)
+    assert any(r.startswith("r120m/b02: ") for r in report.repaired)
+    assert "r360m/b02: recomputed from the float-mode means" in report.repaired
     fill = b02_120.attrs["_FillValue"]
-    np.testing.assert_array_equal(b02_120[:] == fill, expected)  # the pattern was repaired
+    np.testing.assert_array_equal(b02_120[:] == fill, expected)
+    assert (out[f"{REFL}/r360m/b02"][:] != spoilt).any(), "the spoilt means were rewritten"
+    again = run_check(sample_root, store)
+    assert again.repaired == []
+    assert again.problems == []
 
 
 @pytest.mark.parametrize("spoilt", [f"{REFL}/r60m/b01", f"{REFL}/r360m/b11"])

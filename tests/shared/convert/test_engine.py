@@ -105,3 +105,65 @@ def test_the_source_is_decoded_in_single_precision_with_its_own_encoding(
     assert scl.dtype == np.uint8
     assert is_unscaled_integer(scl)
     assert not is_unscaled_integer(b02)
+
+
+def test_the_overview_mean_keeps_valid_zeros_and_leaves_empty_blocks_nan() -> None:
+    """The library's mean dropped a valid reflectance of 0.0 and filled empty blocks."""
+    import xarray as xr
+
+    from geozarr_pipeline.convert import engine
+
+    values = np.array([[0.0, 0.2, np.nan, np.nan], [np.nan, 0.4, np.nan, np.nan]], dtype=np.float32)
+    band = xr.DataArray(values, dims=("y", "x")).chunk({"y": 2, "x": 2})
+    band.encoding = {"_FillValue": 0, "scale_factor": 0.0001}
+    library = engine.load_library()
+    from eopf_geozarr.s2_optimization import s2_multiscale
+
+    assert library is not None
+    mean = s2_multiscale._coarsen_variable("b02", band, 2)
+    np.testing.assert_allclose(mean.values[0, 0], (0.0 + 0.2 + 0.4) / 3, rtol=1e-6)
+    assert np.isnan(mean.values[0, 1])
+    assert mean.dtype == np.float32
+    assert mean.encoding == band.encoding
+
+
+def test_float_mode_keeps_the_integers_of_a_mixed_group() -> None:
+    """A group holding scaled reflectance and an unscaled class map: float mode casts only
+    the reflectance."""
+    import xarray as xr
+
+    from geozarr_pipeline.convert import engine
+
+    engine.load_library()
+    from eopf_geozarr.s2_optimization import s2_multiscale
+
+    coords = {"y": np.arange(4.0), "x": np.arange(4.0)}
+    reflectance = xr.DataArray(np.full((4, 4), 0.5, np.float32), dims=("y", "x"))
+    reflectance.encoding = {"dtype": np.dtype("uint16"), "scale_factor": 0.0001}
+    classes = xr.DataArray(np.arange(16, dtype=np.uint8).reshape(4, 4), dims=("y", "x"))
+    dataset = xr.Dataset({"b02": reflectance, "scl": classes}, coords=coords).chunk(2)
+    assert engine.is_unscaled_integer(dataset["scl"])
+    assert not engine.is_unscaled_integer(dataset["b02"])
+    scaled_ints = xr.DataArray(np.ones((2, 2), np.uint16), dims=("y", "x"))
+    scaled_ints.attrs["scale_factor"] = 0.001
+    assert not engine.is_unscaled_integer(scaled_ints)
+    encoding = s2_multiscale.create_uniform_encoding(
+        dataset, spatial_chunk=2, enable_sharding=False, keep_scale_offset=False
+    )
+    assert dataset["scl"].dtype == np.uint8
+    assert dataset["b02"].dtype == np.float32
+    assert encoding["b02"]["fill_value"] == "NaN"
+    assert encoding["scl"].get("fill_value") != "NaN"
+    assert set(encoding) >= {"b02", "scl", "x", "y"}
+
+
+def test_single_precision_only_where_float32_holds_every_value() -> None:
+    from geozarr_pipeline.convert.engine import _fits_single_precision
+
+    u16, u8 = np.dtype("uint16"), np.dtype("uint8")
+    assert _fits_single_precision(u16, {"scale_factor": 0.0001, "add_offset": -0.1})
+    assert _fits_single_precision(u8, {"scale_factor": 0.5, "add_offset": 0})
+    assert not _fits_single_precision(u16, {"scale_factor": 0.001, "add_offset": 10000.0})
+    assert not _fits_single_precision(np.dtype("int32"), {"scale_factor": 0.1})
+    assert not _fits_single_precision(u16, {"scale_factor": 2, "add_offset": 1})  # no float
+    assert not _fits_single_precision(u16, {})

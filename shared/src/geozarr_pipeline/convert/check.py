@@ -6,7 +6,7 @@ source; and the nodata pattern of every band at every level is the one the sourc
 (native levels: exactly the source's nodata pixels; injected and coarser levels: the blocks
 whose pixels are all nodata one level finer); and the decoded values of every band at every
 level are the float-mode reflectance (the source decoded, or the nan-mean of its blocks) to
-within half a step of the band's encoding (`value_tolerance`): integer reflectance with CF
+within half a step of the band's encoding (`_Band.value_mismatches`): integer reflectance with CF
 scale/offset decodes to what float mode writes.
 
 Known eopf-geozarr 0.12.0 defects are repaired in place rather than failed:
@@ -41,7 +41,7 @@ NATIVE_LEVELS = ("r10m", "r20m", "r60m")
 DERIVED_LEVELS = (("r120m", "r60m", 2), ("r360m", "r120m", 3), ("r720m", "r360m", 2))
 LEVEL_FACTORS = {"r10m": 1, "r20m": 2, "r60m": 6, "r120m": 12, "r360m": 36, "r720m": 72}
 Mask = npt.NDArray[np.bool_]
-# Rows of a source band decoded at once for a reference mean (bounded memory).
+# Rows of a band decoded at once for a reference mean or a value comparison (bounded memory).
 REFERENCE_STRIP_ROWS = 384
 
 
@@ -240,8 +240,11 @@ class OutputChecker:
         self.report = CheckReport(native_mode=native_mode)
         # Expected nodata masks of the levels that later levels derive from.
         self.expected: dict[str, dict[str, Mask]] = {}
-        # Float-mode reflectance (unrounded) of the last derived level, per band.
+        # Float-mode reflectance (unrounded) of the last derived level, per band, and of
+        # the bands injected into a native level.
         self.reference: dict[str, dict[str, npt.NDArray[np.float64]]] = {}
+        self.injected_references: dict[tuple[str, str], npt.NDArray[np.float64]] = {}
+        self.output_refl: Any = None
         self.modified: dict[str, set[str]] = {}
         source_refl = source[REFLECTANCE]
         self.native = [lvl for lvl in NATIVE_LEVELS if lvl in source_refl]
@@ -278,6 +281,7 @@ class OutputChecker:
             self.problem("the output has no measurements/reflectance group")
             self._raise_problems()
         out_refl = output[REFLECTANCE]
+        self.output_refl = out_refl
         finest = self.native[0]
         size10, x0, y0 = _base_transform(source_refl[finest], LEVEL_FACTORS[finest])
         epsg = _epsg_of(self.source)
@@ -405,6 +409,7 @@ class OutputChecker:
                 if self.native_mode == "full":
                     mask = self._source_block_mask(src, factor)[: out.shape[0], : out.shape[1]]
                     self._compare_and_repair(level, name, out, mask)
+                    self._check_values(level, name, out, self._injected_reference(level, name))
                 else:
                     seen = self._findings()
                     self._compare_injected_strip(level, name, src, factor, out, salt)
@@ -479,11 +484,12 @@ class OutputChecker:
         ]
         rows, _ = self._pick_window(strips, level, name, salt)
         start, stop = int(rows.start), int(rows.stop)
-        source_mask = _Band(src).nodata(
-            src[start * factor : stop * factor, : out.shape[1] * factor]
-        )
-        expected = block_all(source_mask, factor)
-        self._compare_and_repair(level, name, out, expected, (slice(start, stop), slice(None)))
+        source = _Band(src)
+        raw = src[start * factor : stop * factor, : out.shape[1] * factor]
+        expected = block_all(source.nodata(raw), factor)
+        window = (slice(start, stop), slice(None))
+        self._compare_and_repair(level, name, out, expected, window)
+        self._check_values(level, name, out, source.block_mean(raw, factor), window)
 
     def _compare_native(
         self,
@@ -508,9 +514,13 @@ class OutputChecker:
             wrong = src_mask & ~out_mask
             if band.same_encoding(source_band):
                 off = int(((out_values != src_values) & ~src_mask & ~out_mask).sum())
-            else:
-                off = band.value_mismatches(
-                    band.decoded(out_values), source_band.decoded(src_values)
+            else:  # decoded in strips: float64 copies of a 5490^2 window are 241 MB each
+                off = sum(
+                    band.value_mismatches(
+                        band.decoded(out_values[row : row + REFERENCE_STRIP_ROWS]),
+                        source_band.decoded(src_values[row : row + REFERENCE_STRIP_ROWS]),
+                    )
+                    for row in range(0, out_values.shape[0], REFERENCE_STRIP_ROWS)
                 )
             return lost, (wrong if wrong.any() else None), src_mask, off
 
@@ -590,26 +600,23 @@ class OutputChecker:
                 continue
             out = out_bands[name]
             mask = block_all(parent_expected[name], factor)
-            if name in self.modified.get(parent, set()):
-                self._recompute(parent_bands[name], out, factor, level, name)
-            self._compare_and_repair(level, name, out, mask)
-            expected[name] = mask
             parent_reference = parent_references.get(name)
             if parent_reference is None:
-                reference = self._reference_from_native(parent, name, parent_bands[name], factor)
+                reference = self._reference_from_native(parent, name, factor)
             else:
                 reference = nan_block_mean64(parent_reference, factor)
             reference = reference[: out.shape[0], : out.shape[1]]
-            band = _Band(out)
-            self._report_values(level, name, band.value_mismatches(band.decoded(out[:]), reference))
+            if name in self.modified.get(parent, set()) and reference.shape == out.shape:
+                self._recompute(out, reference, level, name)
+            self._compare_and_repair(level, name, out, mask)
+            expected[name] = mask
+            self._check_values(level, name, out, reference)
             references[name] = reference
             self.report.arrays_checked += 1
         self.expected[level] = expected
         self.reference = {level: references}
 
-    def _reference_from_native(
-        self, level: str, name: str, stored: Any, factor: int
-    ) -> npt.NDArray[np.float64]:
+    def _reference_from_native(self, level: str, name: str, factor: int) -> npt.NDArray[np.float64]:
         """The float-mode reflectance of a level derived by `factor` from a native level:
         the block means of the source band, or of the float-mode values of a band the
         library injects into the native level (the stored band is rounded to its encoding;
@@ -618,14 +625,21 @@ class OutputChecker:
         if name in source_bands:
             src = source_bands[name]
             return _Band(src).block_mean(src[:], factor)
-        return nan_block_mean64(self._native_reference(level, name, stored), factor)
+        reference = self._injected_reference(level, name)
+        if level == self.native[-1] and self.native_mode != "full":
+            # Sample mode checked a strip of it; its whole reference is at hand now.
+            self._check_values(level, name, _bands(self.output_refl[level])[name], reference)
+        return nan_block_mean64(reference, factor)
 
-    def _native_reference(self, level: str, name: str, stored: Any) -> npt.NDArray[np.float64]:
+    def _injected_reference(self, level: str, name: str) -> npt.NDArray[np.float64]:
         """The float-mode values of a band the library injects into a native level: the
-        nan-mean of the finer source band's blocks."""
+        nan-mean of the finer source band's blocks (computed once per band and level)."""
+        cached = self.injected_references.get((level, name))
+        if cached is not None:
+            return cached
         injected = self._injected_source(self.source[REFLECTANCE], level, name)
         if injected is None:
-            return _Band(stored).decoded(stored[:])
+            raise OutputCheckFailed(f"{level}/{name} has no source band to derive it from")
         src, factor = injected
         band = _Band(src)
         usable = src.shape[0] - src.shape[0] % factor
@@ -640,7 +654,26 @@ class OutputChecker:
                 band.block_mean(raw[row : row + strip], factor)
                 for row in range(0, raw.shape[0], strip)
             )
-        return np.concatenate(parts)[: stored.shape[0], : stored.shape[1]]
+        reference = np.concatenate(parts)
+        self.injected_references[level, name] = reference
+        return reference
+
+    def _check_values(
+        self,
+        level: str,
+        name: str,
+        out: Any,
+        reference: npt.NDArray[np.float64],
+        window: tuple[slice, slice] = (slice(None), slice(None)),
+    ) -> None:
+        """Decoded values of `out` (in `window`) against the float-mode reference there."""
+        band = _Band(out)
+        values = out[window]
+        reference = reference[: values.shape[0], : values.shape[1]]
+        if reference.shape != values.shape:
+            self.problem(f"{level}/{name}: shape {values.shape} != expected {reference.shape}")
+            return
+        self._report_values(level, name, band.value_mismatches(band.decoded(values), reference))
 
     def _report_values(self, level: str, name: str, off: int) -> None:
         if off:
@@ -649,13 +682,13 @@ class OutputChecker:
                 "than half a step of their encoding"
             )
 
-    def _recompute(self, parent: Any, out: Any, factor: int, level: str, name: str) -> None:
-        """Average a level again from its repaired parent (the library averaged bad values)."""
-        source_band = _Band(parent)
-        target = _Band(out)
-        mean = nan_block_mean(source_band.decoded(parent[:]), factor)
-        out[:] = target.encoded(mean[: out.shape[0], : out.shape[1]])
-        self.report.repaired.append(f"{level}/{name}: recomputed from the repaired {parent.path}")
+    def _recompute(
+        self, out: Any, reference: npt.NDArray[np.float64], level: str, name: str
+    ) -> None:
+        """Write a level again from the float-mode reference: the library averaged its
+        repaired parent's bad values (rounded once, as the conversion rounds)."""
+        out[:] = _Band(out).encoded(reference)
+        self.report.repaired.append(f"{level}/{name}: recomputed from the float-mode means")
         self.modified.setdefault(level, set()).add(name)
 
 

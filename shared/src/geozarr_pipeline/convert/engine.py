@@ -140,11 +140,11 @@ def _instrument(module: Any) -> None:
     and to keep the levels that coarser levels derive from in memory.
 
     The library hands the *lazy* dataset it wrote to the next level, so every coarser level
-    computes its parents again from the source: the r10m b08 that the library injects into
-    r60m was decoded and averaged once for r60m and once more for each of r120m, r360m and
-    r720m. A parent level is small (12 bands of 1830^2 at most), so it is computed once,
-    written from memory and handed on computed. Its values are the unrounded ones the lazy
-    chain had, so integer mode still rounds each level once, from the float-mode means.
+    computes its whole chain of parents again from the source: r720m re-read and re-decoded
+    r60m and re-averaged r120m and r360m. A parent level is small (12 bands of 1830^2 at
+    most), so it is computed once, written from memory and handed on computed. Its values
+    are the unrounded ones the lazy chain had, so integer mode still rounds each level once,
+    from the float-mode means.
     """
     original = module.stream_write_dataset
     if getattr(original, "_geozarr_pipeline_progress", False):
@@ -415,10 +415,13 @@ def decoded_in_single_precision(tree: Any) -> Any:
             continue
         written: dict[tuple[str, str], float] = {}
         for name, variable in dataset.variables.items():
-            small_integer = variable.dtype.kind in "iu" and variable.dtype.itemsize <= 2
-            for key in ("scale_factor", "add_offset"):
-                value = variable.attrs.get(key)
-                if small_integer and isinstance(value, float):
+            packing = {
+                key: variable.attrs[key]
+                for key in ("scale_factor", "add_offset")
+                if key in variable.attrs
+            }
+            if _fits_single_precision(variable.dtype, packing):
+                for key, value in packing.items():
                     written[str(name), key] = value
                     variable.attrs[key] = np.float32(value)
         decoded = xr.decode_cf(
@@ -434,6 +437,19 @@ def decoded_in_single_precision(tree: Any) -> Any:
             decoded[name].encoding[key] = value
         node.dataset = decoded
     return tree
+
+
+def _fits_single_precision(dtype: Any, packing: dict[str, Any]) -> bool:
+    """An 8/16-bit integer with a float scale or offset whose every decoded value float32
+    holds to well within half a step (xarray itself keeps float64 for a large offset)."""
+    numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in packing.values())
+    if dtype.kind not in "iu" or dtype.itemsize > 2 or not packing or not numbers:
+        return False
+    if not any(isinstance(v, float) for v in packing.values()):
+        return False
+    scale = abs(float(packing.get("scale_factor", 1.0))) or 1.0
+    largest = 2 ** (8 * dtype.itemsize) * scale + abs(float(packing.get("add_offset", 0.0)))
+    return bool(largest / scale < 2**22)
 
 
 def _is_network_error(exc: BaseException) -> bool:
