@@ -112,7 +112,7 @@ def run_one(name: str, product: Path, output: Path, work: Path) -> dict[str, Any
         result["wall_s"] = round(time.monotonic() - started, 2)
     elif config["kind"] == "copy":
         started = time.monotonic()
-        copy_floor(library, product, output, config["spatial_chunk"], native=config["native"])
+        copy_floor(product, output, config["spatial_chunk"], native=config["native"])
         result["wall_s"] = round(time.monotonic() - started, 2)
     else:
         result.update(run_stage(config, product, output, work))
@@ -167,7 +167,7 @@ def run_stage(config: dict[str, Any], product: Path, output: Path, work: Path) -
     }
 
 
-def copy_floor(library: Any, product: Path, output: Path, chunk: int, *, native: bool) -> None:
+def copy_floor(product: Path, output: Path, chunk: int, *, native: bool) -> None:
     """The same arrays decoded and re-encoded with the same codec (blosc zstd 3), no
     resampling: as float32 like the converter's float mode, or (`native`) in the source's
     own dtype with its CF scale, offset and fill value."""

@@ -85,11 +85,6 @@ def nan_block_mean64(values: npt.NDArray[np.floating], factor: int) -> npt.NDArr
     return mean
 
 
-def nan_block_mean(values: npt.NDArray[np.floating], factor: int) -> npt.NDArray[np.float32]:
-    result: npt.NDArray[np.float32] = nan_block_mean64(values, factor).astype(np.float32)
-    return result
-
-
 def _fill_value(array: Any) -> Any:
     fill = array.metadata.fill_value
     if fill is None:
@@ -244,7 +239,6 @@ class OutputChecker:
         # the bands injected into a native level.
         self.reference: dict[str, dict[str, npt.NDArray[np.float64]]] = {}
         self.injected_references: dict[tuple[str, str], npt.NDArray[np.float64]] = {}
-        self.output_refl: Any = None
         self.modified: dict[str, set[str]] = {}
         source_refl = source[REFLECTANCE]
         self.native = [lvl for lvl in NATIVE_LEVELS if lvl in source_refl]
@@ -281,7 +275,6 @@ class OutputChecker:
             self.problem("the output has no measurements/reflectance group")
             self._raise_problems()
         out_refl = output[REFLECTANCE]
-        self.output_refl = out_refl
         finest = self.native[0]
         size10, x0, y0 = _base_transform(source_refl[finest], LEVEL_FACTORS[finest])
         epsg = _epsg_of(self.source)
@@ -407,14 +400,15 @@ class OutputChecker:
                     continue
                 src, factor = injected
                 if self.native_mode == "full":
-                    mask = self._source_block_mask(src, factor)[: out.shape[0], : out.shape[1]]
+                    reference = self._injected_reference(level, name)
+                    mask = np.isnan(reference)[: out.shape[0], : out.shape[1]]
                     self._compare_and_repair(level, name, out, mask)
-                    self._check_values(level, name, out, self._injected_reference(level, name))
+                    self._check_values(level, name, out, reference)
                 else:
                     seen = self._findings()
                     self._compare_injected_strip(level, name, src, factor, out, salt)
                     if self._findings() != seen:  # a sampled defect: check the whole band
-                        full = self._source_block_mask(src, factor)
+                        full = np.isnan(self._injected_reference(level, name))
                         self._compare_and_repair(
                             level, name, out, full[: out.shape[0], : out.shape[1]]
                         )
@@ -484,12 +478,11 @@ class OutputChecker:
         ]
         rows, _ = self._pick_window(strips, level, name, salt)
         start, stop = int(rows.start), int(rows.stop)
-        source = _Band(src)
         raw = src[start * factor : stop * factor, : out.shape[1] * factor]
-        expected = block_all(source.nodata(raw), factor)
+        reference = _Band(src).block_mean(raw, factor)  # NaN exactly where a block has no data
         window = (slice(start, stop), slice(None))
-        self._compare_and_repair(level, name, out, expected, window)
-        self._check_values(level, name, out, source.block_mean(raw, factor), window)
+        self._compare_and_repair(level, name, out, np.isnan(reference), window)
+        self._check_values(level, name, out, reference, window)
 
     def _compare_native(
         self,
@@ -547,16 +540,6 @@ class OutputChecker:
             mask[window] = src_mask
         return mask
 
-    def _source_block_mask(self, src: Any, factor: int) -> Mask:
-        rows = src.shape[0]
-        step = max(src.chunks[0] // factor, 1) * factor
-        band = _Band(src)
-        parts = []
-        for start in range(0, rows - rows % factor, step):
-            stop = min(start + step, rows - rows % factor)
-            parts.append(block_all(band.nodata(src[start:stop, :]), factor))
-        return np.concatenate(parts)
-
     def _compare_and_repair(
         self,
         level: str,
@@ -602,7 +585,7 @@ class OutputChecker:
             mask = block_all(parent_expected[name], factor)
             parent_reference = parent_references.get(name)
             if parent_reference is None:
-                reference = self._reference_from_native(parent, name, factor)
+                reference = self._reference_from_native(parent, name, parent_bands[name], factor)
             else:
                 reference = nan_block_mean64(parent_reference, factor)
             reference = reference[: out.shape[0], : out.shape[1]]
@@ -616,7 +599,9 @@ class OutputChecker:
         self.expected[level] = expected
         self.reference = {level: references}
 
-    def _reference_from_native(self, level: str, name: str, factor: int) -> npt.NDArray[np.float64]:
+    def _reference_from_native(
+        self, level: str, name: str, stored: Any, factor: int
+    ) -> npt.NDArray[np.float64]:
         """The float-mode reflectance of a level derived by `factor` from a native level:
         the block means of the source band, or of the float-mode values of a band the
         library injects into the native level (the stored band is rounded to its encoding;
@@ -628,12 +613,13 @@ class OutputChecker:
         reference = self._injected_reference(level, name)
         if level == self.native[-1] and self.native_mode != "full":
             # Sample mode checked a strip of it; its whole reference is at hand now.
-            self._check_values(level, name, _bands(self.output_refl[level])[name], reference)
+            self._check_values(level, name, stored, reference)
         return nan_block_mean64(reference, factor)
 
     def _injected_reference(self, level: str, name: str) -> npt.NDArray[np.float64]:
         """The float-mode values of a band the library injects into a native level: the
-        nan-mean of the finer source band's blocks (computed once per band and level)."""
+        nan-mean of the finer source band's blocks, NaN where a block has no data (so also
+        the nodata pattern it must have); computed once per band and level."""
         cached = self.injected_references.get((level, name))
         if cached is not None:
             return cached

@@ -49,7 +49,7 @@ class EffectiveOptions:
     enable_sharding: bool
     keep_scale_offset: bool
     # Side of a shard in pixels when sharding, rounded down to whole inner chunks.
-    shard_size: int = 4096
+    shard_size: int = Settings.model_fields["shard_size"].default
 
     @classmethod
     def resolve(cls, options: ConversionOptions, settings: Settings) -> EffectiveOptions:
